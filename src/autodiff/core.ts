@@ -1,0 +1,329 @@
+/**
+ * @file The heart of the tracing machinery: primitives, `bind`, the trace stack, and the `Tracer` base
+ * class. Read this first. The design follows JAX (and its Autodidax walkthrough): every operation is a
+ * `Primitive` applied with `bind`; `bind` finds the innermost active transform among the arguments
+ * (the trace with the highest level) and lets it interpret the primitive. Transforms (jvp, vmap,
+ * partial evaluation, staging to a jaxpr) are `Trace` subclasses living in their own files.
+ *
+ * Core never imports ops: a primitive carries its own rules, and the few array operations core itself
+ * needs (zeros, adding cotangents, converting JS numbers) are registered by the ops layer in `hooks`.
+ */
+import { ShapedArray } from "./aval.js";
+import { ArgumentError, ConcretizationError, UnexpectedTracerError } from "./errors.js";
+
+// ---------------------------------------------------------------------------------------------------
+// Values
+
+/** A concrete array as core sees it: something with an abstract value. The ops layer defines the class. */
+export interface Concrete {
+  readonly aval: ShapedArray;
+}
+
+/** Anything a primitive can be applied to: a concrete array or a tracer of some transform. */
+export type Value = Concrete | Tracer;
+
+/** A tangent or cotangent that may be a symbolic zero (`null`): zero tangents cost nothing. */
+export type MaybeZero = Value | null;
+
+export function getAval(x: Value): ShapedArray {
+  return x.aval;
+}
+
+export function isTracer(x: unknown): x is Tracer {
+  return x instanceof Tracer;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Primitives
+
+/** A placeholder for a linear input during transposition: we know its aval, not its value. */
+export class UndefinedPrimal {
+  constructor(readonly aval: ShapedArray) {}
+}
+
+export type TransposeRule<P> = (
+  cts: readonly MaybeZero[],
+  args: readonly (Value | UndefinedPrimal)[],
+  params: P,
+) => MaybeZero[];
+
+/** Marker for primitives that have no transpose because they are not linear in any argument. */
+export const nonlinear = "nonlinear" as const;
+
+export interface PrimitiveRules<P> {
+  /** Printed name, JAX's snake_case (`reduce_sum`, `dot_general`). */
+  readonly name: string;
+  /** Output avals from input avals; the only place shape/dtype checks live. */
+  abstractEval(avals: readonly ShapedArray[], params: P): ShapedArray[];
+  /** Concrete evaluation on concrete inputs (the ops layer builds it from a `lower` rule). */
+  impl(args: readonly Concrete[], params: P): Concrete[];
+  /**
+   * Forward-mode rule. Called only when at least one tangent is non-zero; `null` tangents are zeros.
+   * Returns output primals and tangents (null for zero / integer outputs).
+   */
+  jvp(primals: readonly Value[], tangents: readonly MaybeZero[], params: P): [Value[], MaybeZero[]];
+  /** Transpose rule for primitives linear in some arguments, or `nonlinear`. */
+  transpose: TransposeRule<P> | typeof nonlinear;
+  /**
+   * Batching rule: `dims[i]` is the batch axis of `args[i]` (null if unbatched; at least one is not).
+   * Returns outputs and their batch axes.
+   */
+  vmap(args: readonly Value[], dims: readonly (number | null)[], params: P, axisSize: number): [Value[], (number | null)[]];
+  /** Prints params in a jaxpr; defaults to a generic printer. */
+  printParams?(params: P): string;
+  /** Custom partial-evaluation rule (higher-order primitives); see partial-eval.ts. */
+  partialEval?: PartialEvalRule<P>;
+}
+
+/** Partial evaluation hook; the trace type is opaque here to keep this file free of the PE machinery. */
+export type PartialEvalRule<P> = (trace: any, tracers: readonly any[], params: P) => any[];
+
+export interface Primitive<P = any> extends PrimitiveRules<P> {
+  /** Brand so objects are recognisable in printed IR and errors. */
+  readonly isPrimitive: true;
+}
+
+/** All primitives by name, for the property-test spec table and introspection. */
+export const primitiveRegistry = new Map<string, Primitive>();
+
+export function definePrimitiveRules<P>(rules: PrimitiveRules<P>): Primitive<P> {
+  if (primitiveRegistry.has(rules.name)) {
+    throw new ArgumentError(`definePrimitive: a primitive named "${rules.name}" already exists`);
+  }
+  const p: Primitive<P> = { ...rules, isPrimitive: true };
+  primitiveRegistry.set(p.name, p);
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Traces
+
+/** One active transform on the stack. `level` orders nesting: higher = more inner. */
+export class MainTrace {
+  active = true;
+  constructor(
+    readonly level: number,
+    readonly traceType: new (main: MainTrace) => Trace,
+    /** Transform-specific data (vmap's axis size, the jaxpr builder, ...). */
+    readonly globalData: any,
+    /** Human name for error messages ("grad", "vmap", "jit", ...). */
+    readonly transformName: string,
+  ) {}
+}
+
+export abstract class Trace {
+  constructor(readonly main: MainTrace) {}
+  /** Wraps a value that is not a tracer of this trace (a constant) as one of this trace's tracers. */
+  abstract pure(x: Value): Tracer;
+  /** Wraps a tracer of an outer (lower-level) trace. */
+  abstract lift(x: Tracer): Tracer;
+  abstract processPrimitive(prim: Primitive, tracers: readonly Tracer[], params: any): Tracer[];
+
+  fullRaise(x: Value): Tracer {
+    if (!(x instanceof Tracer)) return this.pure(x);
+    const main = x._trace.main;
+    if (main === this.main) return x;
+    if (!main.active) throw escapedTracer(x);
+    if (main.level < this.main.level) return this.lift(x);
+    if (main.level > this.main.level) {
+      throw new UnexpectedTracerError(
+        `${this.main.transformName}: got a tracer of an inner ${main.transformName} transform (${x.aval.str()}) ` +
+          `while processing an outer one.\nTip: a value created inside a transformed function was used outside it.`,
+      );
+    }
+    throw new UnexpectedTracerError(
+      `${this.main.transformName}: two different transforms at the same level met (${x.aval.str()}); ` +
+        `this is a webgrad bug or a tracer leaked between calls`,
+    );
+  }
+}
+
+/** Evaluation: applies primitives to concrete arrays. Always at the bottom of the stack. */
+export class EvalTrace extends Trace {
+  pure(x: Value): Tracer {
+    return x as Tracer; // concrete values pass through untouched; see bind()
+  }
+  lift(x: Tracer): Tracer {
+    return x;
+  }
+  processPrimitive(prim: Primitive, values: readonly Tracer[], params: any): Tracer[] {
+    for (const v of values) {
+      if (v instanceof Tracer) throw escapedTracer(v);
+    }
+    return prim.impl(values as unknown as Concrete[], params) as unknown as Tracer[];
+  }
+}
+
+const traceStack: MainTrace[] = [new MainTrace(0, EvalTrace, null, "eval")];
+/** The staging trace that every operation must go through, even on constants (JAX's omnistaging). */
+let dynamicTrace: MainTrace | null = null;
+
+/** Runs `fn` with a new transform pushed on the stack. */
+export function withNewMain<R>(
+  traceType: new (main: MainTrace) => Trace,
+  globalData: any,
+  transformName: string,
+  fn: (main: MainTrace) => R,
+): R {
+  const main = new MainTrace(traceStack.length, traceType, globalData, transformName);
+  traceStack.push(main);
+  try {
+    return fn(main);
+  } finally {
+    traceStack.pop();
+    main.active = false;
+  }
+}
+
+/** Like withNewMain, and makes the new main the dynamic (staging) trace while `fn` runs. */
+export function withNewDynamicMain<R>(
+  traceType: new (main: MainTrace) => Trace,
+  globalData: any,
+  transformName: string,
+  fn: (main: MainTrace) => R,
+): R {
+  return withNewMain(traceType, globalData, transformName, (main) => {
+    const prev = dynamicTrace;
+    dynamicTrace = main;
+    try {
+      return fn(main);
+    } finally {
+      dynamicTrace = prev;
+    }
+  });
+}
+
+/** The current staging main, if any (used by jit to nest correctly). */
+export function currentDynamicMain(): MainTrace | null {
+  return dynamicTrace;
+}
+
+function escapedTracer(x: Tracer): UnexpectedTracerError {
+  const name = x._trace.main.transformName;
+  return new UnexpectedTracerError(
+    `${name}: a tracer (${x.aval.str()}) was used after its ${name} transform returned.\n` +
+      `Tip: do not store values computed inside a transformed function in outer variables; return them instead.`,
+  );
+}
+
+function findTopTrace(args: readonly Value[]): Trace {
+  let top = traceStack[0]!;
+  for (const a of args) {
+    if (a instanceof Tracer) {
+      const m = a._trace.main;
+      if (!m.active) throw escapedTracer(a);
+      if (m.level > top.level) top = m;
+    }
+  }
+  if (dynamicTrace && dynamicTrace.level > top.level) top = dynamicTrace;
+  return new top.traceType(top);
+}
+
+/** Applies a primitive to values under the innermost active transform among them. */
+export function bind(prim: Primitive, args: readonly Value[], params: any): Value[] {
+  const trace = findTopTrace(args);
+  const tracers = args.map((a) => trace.fullRaise(a));
+  const outs = trace.processPrimitive(prim, tracers, params);
+  return outs.map(fullLower);
+}
+
+/** `bind` for single-output primitives. */
+export function bind1(prim: Primitive, args: readonly Value[], params: any): Value {
+  return bind(prim, args, params)[0]!;
+}
+
+export function fullLower(x: Value): Value {
+  return x instanceof Tracer ? x.fullLower() : x;
+}
+
+/** Runs `fn` with no active transforms visible (used by impls that evaluate jaxprs eagerly). */
+export function currentTraceLevel(): number {
+  return traceStack.length - 1;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tracers
+
+/**
+ * A stand-in for an array inside a transform. It has the array's shape and dtype but, in general, no
+ * value: using it as a JS number or boolean throws `ConcretizationError`.
+ */
+export abstract class Tracer {
+  constructor(readonly _trace: Trace) {}
+  abstract get aval(): ShapedArray;
+  get shape(): readonly number[] {
+    return this.aval.shape;
+  }
+  get dtype() {
+    return this.aval.dtype;
+  }
+  get ndim(): number {
+    return this.aval.ndim;
+  }
+  get size(): number {
+    return this.aval.size;
+  }
+  get weakType(): boolean {
+    return this.aval.weakType;
+  }
+  /** Unwraps tracers that carry no information for their trace (e.g. unbatched vmap values). */
+  fullLower(): Value {
+    return this;
+  }
+  [Symbol.toPrimitive](): never {
+    throw new ConcretizationError(
+      `${this._trace.main.transformName}: a traced array ${this.aval.str()} was used as a JS number, string or boolean ` +
+        `(e.g. in \`if (x > 0)\` or \`Number(x)\`).\nTip: use np.where / lax.cond for value-dependent choices, ` +
+        `or mark the argument static (jit's staticArgnums).`,
+    );
+  }
+  toString(): string {
+    return `Tracer<${this.aval.str()}> (${this._trace.main.transformName})`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Hooks the ops layer registers: the few array operations core itself needs.
+
+export interface CoreHooks {
+  /** Converts a JS number / boolean / array-like leaf into a Value (weakly typed for JS numbers). */
+  asValue(x: unknown, what: string): Value;
+  /** A zero array of the given aval. */
+  zeros(aval: ShapedArray): Value;
+  /** Elementwise sum of two same-aval values (accumulating cotangents). */
+  add(x: Value, y: Value): Value;
+  /** Moves axis `from` of x to `to`. */
+  moveaxis(x: Value, from: number, to: number): Value;
+  /** Inserts a new axis of size `size` at `axis` by broadcasting. */
+  broadcastAxis(x: Value, size: number, axis: number): Value;
+  /** Casts to a dtype (used to match tangent dtypes). */
+  convert(x: Value, aval: ShapedArray): Value;
+  /** A concrete scalar/array value of a constant for printing in jaxprs (small arrays only), or null. */
+  literalValue(x: Value): number | boolean | null;
+  /** Whether this value is a concrete array of the ops layer. */
+  isConcrete(x: unknown): x is Concrete;
+}
+
+let registered: CoreHooks | null = null;
+
+export function registerHooks(h: CoreHooks): void {
+  registered = h;
+}
+
+export function hooks(): CoreHooks {
+  if (!registered) {
+    throw new Error("webgrad: the ops layer is not loaded; import from 'webgrad' (src/index.ts), not from core files");
+  }
+  return registered;
+}
+
+/** Adds two maybe-zero tangents. */
+export function addTangents(a: MaybeZero, b: MaybeZero): MaybeZero {
+  if (a === null) return b;
+  if (b === null) return a;
+  return hooks().add(a, b);
+}
+
+export function instantiate(t: MaybeZero, aval: ShapedArray): Value {
+  return t === null ? hooks().zeros(aval.withWeak(false)) : t;
+}

@@ -1,0 +1,201 @@
+/**
+ * @file `jit` and `makeJaxpr`. `jit(f)` traces `f` once per input signature (tree structure, shapes,
+ * dtypes, weak types, static argument values) into a jaxpr, caches it, and binds the `jit` call
+ * primitive on it. Without a compiler registered (see `setJitExecutor`) the jaxpr is interpreted; the
+ * WebGPU compiler plugs in there. Under other transforms the `jit` primitive's rules transform the
+ * jaxpr itself, so `jit(grad(f))`, `grad(jit(f))` and `vmap(jit(f))` all stay staged.
+ */
+import { ShapedArray } from "./aval.js";
+import { Concrete, definePrimitiveRules, hooks, isTracer, Primitive, Trace, Tracer, Value } from "./core.js";
+import { ArgumentError } from "./errors.js";
+import { ClosedJaxpr, evalJaxpr, Jaxpr, printJaxpr, traceToJaxpr } from "./jaxpr.js";
+import { bindCall, CallParams, callJvpRule, callVmapRule } from "./call.js";
+import { backwardPass } from "./transpose.js";
+import { flatten, TreeDef, treedefStr, unflatten } from "./tree.js";
+import { moveBatchAxis } from "./vmap.js";
+
+export interface JitParams extends CallParams {
+  /** The traced function's name, for printing and debugging. */
+  readonly name: string;
+  /** Per non-const argument: whether its buffer may be reused for the outputs (donateArgnums). */
+  readonly donated: readonly boolean[];
+}
+
+/** Runs a jitted jaxpr on concrete arguments. The default interprets it; compilers replace this. */
+export type JitExecutor = (jaxpr: Jaxpr, args: readonly Concrete[], params: JitParams) => Concrete[];
+
+const interpret: JitExecutor = (jaxpr, args) => evalJaxpr(jaxpr, [], args) as Concrete[];
+let executor: JitExecutor = interpret;
+
+/** Installs the function that executes jitted jaxprs on concrete inputs (a compiler), or resets it. */
+export function setJitExecutor(e: JitExecutor | null): void {
+  executor = e ?? interpret;
+}
+
+export const jitP: Primitive<JitParams> = definePrimitiveRules<JitParams>({
+  name: "jit",
+  abstractEval: (avals, p) => {
+    const want = p.jaxpr.inAvals;
+    if (avals.length !== want.length || avals.some((a, i) => !a.sameType(want[i]!))) {
+      throw new ArgumentError(
+        `jit: jaxpr expects inputs (${want.map((a) => a.str()).join(", ")}), got (${avals.map((a) => a.str()).join(", ")})`,
+      );
+    }
+    return p.jaxpr.outAvals;
+  },
+  impl: (args, p) => {
+    const outs = executor(p.jaxpr, args, p);
+    p.donated.forEach((d, i) => {
+      const a = args[p.numConsts + i] as unknown as { dispose?: () => void };
+      if (d && !outs.includes(a as unknown as Concrete)) a.dispose?.();
+    });
+    return outs;
+  },
+  jvp: (primals, tangents, p) => callJvpRule(jitP)(primals, tangents, { ...p, donated: [] }),
+  transpose: (cts, args, p) => backwardPass(p.jaxpr, [], args, cts),
+  vmap: (args, dims, p, size) =>
+    callVmapRule(jitP, (x, d, n) => moveBatchAxis(x, d, 0, n))(args, dims, { ...p, donated: [] }, size),
+  // Under linearize, inline: known parts are evaluated now, the linear part is recorded op by op.
+  partialEval: (trace: Trace, tracers: readonly Tracer[], p: JitParams) =>
+    evalJaxpr(p.jaxpr, [], tracers).map((v) => trace.fullRaise(v)),
+  printParams: (p) => `name=${p.name} jaxpr=${indentJaxpr(p.jaxpr)}`,
+});
+
+function indentJaxpr(j: Jaxpr): string {
+  return printJaxpr(j).split("\n").join("\n      ");
+}
+
+export interface JitOptions {
+  /** Positional arguments that are compile-time constants (part of the cache key, not traced). */
+  staticArgnums?: number | readonly number[];
+  /** Positional arguments whose buffers the call may reuse for its outputs (they become unusable). */
+  donateArgnums?: number | readonly number[];
+}
+
+const objectIds = new WeakMap<object, number>();
+let nextObjectId = 0;
+
+function staticKey(x: unknown): string {
+  if (x === null || x === undefined || typeof x !== "object" && typeof x !== "function") {
+    return `${typeof x}:${String(x)}`;
+  }
+  if (Array.isArray(x) || Object.getPrototypeOf(x) === Object.prototype) {
+    try {
+      return `json:${JSON.stringify(x)}`;
+    } catch {
+      /* fall through to identity */
+    }
+  }
+  let id = objectIds.get(x as object);
+  if (id === undefined) objectIds.set(x as object, (id = nextObjectId++));
+  return `id:${id}`;
+}
+
+function toList(what: string, a: number | readonly number[] | undefined, nargs: number): number[] {
+  const list = a === undefined ? [] : typeof a === "number" ? [a] : [...a];
+  return list.map((k) => {
+    const j = k < 0 ? k + nargs : k;
+    if (!Number.isInteger(k) || j < 0 || j >= nargs) {
+      throw new ArgumentError(`jit: ${what} ${k} is out of range for a call with ${nargs} arguments`);
+    }
+    return j;
+  });
+}
+
+interface CacheEntry {
+  readonly cj: ClosedJaxpr;
+  readonly outDef: TreeDef;
+}
+
+interface Traceable {
+  /** The dynamic argument leaves as values. */
+  readonly values: Value[];
+  /** Cache key: structure, avals (with weak types) and static argument values. */
+  readonly key: string;
+  /** Traces `f` at these arguments' avals. */
+  run(): CacheEntry;
+}
+
+/** Prepares tracing `f` on the dynamic args (all but `staticNums`); shared by jit and makeJaxpr. */
+function prepareTrace(
+  f: (...args: any[]) => any,
+  args: readonly unknown[],
+  staticNums: readonly number[],
+  transformName: string,
+): Traceable {
+  const dyn = args.filter((_, i) => !staticNums.includes(i));
+  const [leaves, inDef] = flatten(dyn);
+  const values = leaves.map((x, i) => hooks().asValue(x, `${transformName} argument leaf ${i}`));
+  const key =
+    treedefStr(inDef) +
+    "|" +
+    values.map((v) => v.aval.str() + (v.aval.weakType ? "~" : "")).join(",") +
+    "|" +
+    staticNums.map((i) => staticKey(args[i])).join(",");
+  const run = (): CacheEntry => {
+    let outDef: TreeDef | undefined;
+    const flatFn = (...xs: Value[]) => {
+      const dynTree = unflatten<unknown[]>(inDef, xs);
+      const full: unknown[] = [];
+      let k = 0;
+      for (let i = 0; i < args.length; i++) full.push(staticNums.includes(i) ? args[i] : dynTree[k++]);
+      const [ol, od] = flatten(f(...full));
+      outDef = od;
+      return ol;
+    };
+    const cj = traceToJaxpr(flatFn, values.map((v) => v.aval), transformName);
+    return { cj, outDef: outDef! };
+  };
+  return { values, key, run };
+}
+
+/**
+ * Compiles `f` (traces it to a jaxpr per input signature, then runs the jaxpr). Static arguments are
+ * passed through as JS values and must be hashable (primitives, or plain JSON-able objects; other
+ * objects are keyed by identity).
+ */
+export function jit<F extends (...args: any[]) => any>(f: F, opts: JitOptions = {}): F {
+  const cache = new Map<string, CacheEntry>();
+  const name = f.name || "fn";
+  const wrapped = (...args: unknown[]) => {
+    const staticNums = toList("staticArgnums", opts.staticArgnums, args.length);
+    const donateNums = toList("donateArgnums", opts.donateArgnums, args.length);
+    const t = prepareTrace(f, args, staticNums, "jit");
+    let entry = cache.get(t.key);
+    if (!entry) {
+      entry = t.run();
+      if (!entry.cj.consts.some(isTracer)) cache.set(t.key, entry);
+    }
+    const donated: boolean[] = [];
+    const dyn = args.map((a, i) => [a, i] as const).filter(([, i]) => !staticNums.includes(i));
+    for (const [a, i] of dyn) {
+      const n = flatten(a)[0].length;
+      for (let j = 0; j < n; j++) donated.push(donateNums.includes(i));
+    }
+    const outs = bindCall(jitP, entry.cj, t.values, { name, donated });
+    return unflatten(entry.outDef, outs);
+  };
+  Object.defineProperty(wrapped, "name", { value: `jit(${name})` });
+  return wrapped as F;
+}
+
+/** `makeJaxpr(f)(...args)` returns the closed jaxpr of `f` at the arguments' shapes (printable). */
+export function makeJaxpr(
+  f: (...args: any[]) => any,
+  opts: { staticArgnums?: number | readonly number[] } = {},
+): (...args: unknown[]) => ClosedJaxpr {
+  return (...args: unknown[]) => {
+    const staticNums = toList("staticArgnums", opts.staticArgnums, args.length);
+    const t = prepareTrace(f, args, staticNums, "makeJaxpr");
+    return t.run().cj;
+  };
+}
+
+/** Abstract evaluation: the output shapes/dtypes of `f` without running it. */
+export function evalShape(f: (...args: any[]) => any, ...args: unknown[]): any {
+  const t = prepareTrace(f, args, [], "evalShape");
+  const { cj, outDef } = t.run();
+  return unflatten(outDef, cj.outAvals);
+}
+
+export type { ShapedArray };

@@ -1,0 +1,346 @@
+/**
+ * @file The concrete, immutable `Array` (a device buffer plus its aval), devices, and host conversion.
+ * Arrays are reference counted by the library; users may release one early with `dispose()` or
+ * `using`, or release everything created in a block with `scope()` (see memory.ts). Reads are async
+ * (`await x.data()`); CPU arrays also read synchronously (`x.dataSync()`).
+ */
+import { DType, isFloat, Shape, ShapedArray, shapeSize, shapeStr } from "../autodiff/aval.js";
+import { BackendError, DTypeError, ShapeError } from "../autodiff/errors.js";
+import { Tracer } from "../autodiff/core.js";
+import type { AnyTypedArray, Backend } from "./backend/kernel.js";
+import { castScalar, checkDType, dtypeOfTypedArray, newTypedArray } from "./dtype.js";
+
+/** A place arrays live: the CPU, or a WebGPU adapter. */
+export interface Device {
+  /** `cpu`, `webgpu:0`, ... */
+  readonly id: string;
+  readonly kind: "cpu" | "webgpu";
+  /** Adapter / machine description. */
+  readonly description: string;
+  readonly backend: Backend<unknown>;
+  /** float64 support (CPU only). */
+  readonly supportsFloat64: boolean;
+}
+
+const deviceList: Device[] = [];
+let defaultDevice: Device | null = null;
+
+export function registerDevice(d: Device): void {
+  if (!deviceList.some((x) => x.id === d.id)) deviceList.push(d);
+  if (!defaultDevice) defaultDevice = d;
+}
+
+export function unregisterDevice(id: string): void {
+  const i = deviceList.findIndex((d) => d.id === id);
+  if (i >= 0) deviceList.splice(i, 1);
+  if (defaultDevice?.id === id) defaultDevice = deviceList[0] ?? null;
+}
+
+export function listDevices(): readonly Device[] {
+  return deviceList;
+}
+
+export function getDefaultDevice(): Device {
+  if (!defaultDevice) throw new BackendError("devices: no device is registered (the CPU backend failed to load)");
+  return defaultDevice;
+}
+
+export function setDefaultDevice(d: Device | string): void {
+  const dev = typeof d === "string" ? deviceList.find((x) => x.id === d || x.kind === d) : d;
+  if (!dev) {
+    throw new BackendError(`setDefaultDevice: no device ${JSON.stringify(d)}; available: ${deviceList.map((x) => x.id).join(", ")}`);
+  }
+  defaultDevice = dev;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Live-buffer accounting
+
+interface DeviceStats {
+  liveArrays: number;
+  liveBytes: number;
+}
+const stats = new Map<string, DeviceStats>();
+function statsFor(id: string): DeviceStats {
+  let s = stats.get(id);
+  if (!s) stats.set(id, (s = { liveArrays: 0, liveBytes: 0 }));
+  return s;
+}
+
+/** Safety net: a buffer whose Array was garbage-collected without dispose() is released. */
+const finalizer = new FinalizationRegistry<{ device: Device; buffer: unknown; bytes: number; released: { v: boolean } }>(
+  (held) => {
+    if (held.released.v) return;
+    held.released.v = true;
+    held.device.backend.release(held.buffer);
+    const s = statsFor(held.device.id);
+    s.liveArrays--;
+    s.liveBytes -= held.bytes;
+  },
+);
+
+/** Hook so scopes can track arrays created while they are open (memory.ts). */
+let onCreate: ((a: Array) => void) | null = null;
+export function setArrayCreateHook(h: ((a: Array) => void) | null): void {
+  onCreate = h;
+}
+
+export type NestedArray = number | boolean | NestedArray[];
+
+/** An immutable n-dimensional array on a device. */
+export class Array {
+  private _released: { v: boolean };
+  private readonly _bytes: number;
+  constructor(
+    readonly aval: ShapedArray,
+    readonly device: Device,
+    private _buffer: unknown,
+  ) {
+    this._released = { v: false };
+    this._bytes = device.backend.bytesOf(_buffer);
+    const s = statsFor(device.id);
+    s.liveArrays++;
+    s.liveBytes += this._bytes;
+    finalizer.register(this, { device, buffer: _buffer, bytes: this._bytes, released: this._released }, this);
+    onCreate?.(this);
+  }
+  get shape(): Shape {
+    return this.aval.shape;
+  }
+  get dtype(): DType {
+    return this.aval.dtype;
+  }
+  get ndim(): number {
+    return this.aval.ndim;
+  }
+  get size(): number {
+    return this.aval.size;
+  }
+  get weakType(): boolean {
+    return this.aval.weakType;
+  }
+  get isDisposed(): boolean {
+    return this._released.v;
+  }
+  /** The backend buffer; throws if the array was disposed or donated. */
+  get buffer(): unknown {
+    if (this._released.v) {
+      throw new BackendError(
+        `Array ${this.aval.str()}: used after dispose() (or after being donated to a jit call)` +
+          `\nTip: keep the array alive, or use the value the call returned`,
+      );
+    }
+    return this._buffer;
+  }
+  /** Releases the buffer now. Idempotent. Using the array afterwards throws. */
+  dispose(): void {
+    if (this._released.v) return;
+    this._released.v = true;
+    finalizer.unregister(this);
+    this.device.backend.release(this._buffer);
+    const s = statsFor(this.device.id);
+    s.liveArrays--;
+    s.liveBytes -= this._bytes;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  /** Flat contents in C order (a fresh typed array). */
+  async data(): Promise<AnyTypedArray> {
+    return this.device.backend.read(this.buffer);
+  }
+  /** Synchronous read; only on devices that allow it (CPU). */
+  dataSync(): AnyTypedArray {
+    const r = this.device.backend.readSync;
+    if (!r) {
+      throw new BackendError(
+        `dataSync: ${this.device.id} arrays can only be read asynchronously\nTip: use await x.data() / x.toArray() / x.item()`,
+      );
+    }
+    return r.call(this.device.backend, this.buffer);
+  }
+  async toArray(): Promise<NestedArray> {
+    return toNested(await this.data(), this.shape, this.dtype);
+  }
+  toArraySync(): NestedArray {
+    return toNested(this.dataSync(), this.shape, this.dtype);
+  }
+  async item(): Promise<number | boolean> {
+    return itemOf(this, await this.data());
+  }
+  itemSync(): number | boolean {
+    return itemOf(this, this.dataSync());
+  }
+  /** Scalars on synchronous devices convert to numbers (so `Number(x)` and `x > 0` work on CPU). */
+  [Symbol.toPrimitive](hint: string): number | string {
+    if (hint === "string") return this.toString();
+    if (this.size !== 1 || !this.device.backend.readSync) {
+      throw new ShapeError(
+        `Array ${this.aval.str()}: only single-element CPU arrays convert to a JS number\nTip: use await x.item()`,
+      );
+    }
+    return Number(this.itemSync());
+  }
+  toString(): string {
+    if (this.device.backend.readSync && this.size <= 1000) {
+      return `Array(${JSON.stringify(this.toArraySync())}, dtype=${this.dtype})`;
+    }
+    return `Array(shape=${shapeStr(this.shape)}, dtype=${this.dtype}, device=${this.device.id})`;
+  }
+}
+
+function itemOf(a: Array, d: AnyTypedArray): number | boolean {
+  if (a.size !== 1) throw new ShapeError(`item: needs an array of one element, got ${a.aval.str()}`);
+  return a.dtype === "bool" ? d[0] !== 0 : Number(d[0]);
+}
+
+function toNested(d: AnyTypedArray, shape: Shape, dtype: DType): NestedArray {
+  const conv = dtype === "bool" ? (v: number) => v !== 0 : (v: number) => v;
+  if (shape.length === 0) return conv(d[0] as number);
+  let pos = 0;
+  const build = (k: number): NestedArray[] => {
+    const out: NestedArray[] = [];
+    for (let i = 0; i < shape[k]!; i++) {
+      out.push(k === shape.length - 1 ? conv(d[pos++] as number) : build(k + 1));
+    }
+    return out;
+  };
+  return build(0);
+}
+
+/** Memory in use per device: live arrays and bytes. */
+export function memoryStats(device?: Device | string): { liveArrays: number; liveBytes: number } {
+  const id = device === undefined ? getDefaultDevice().id : typeof device === "string" ? device : device.id;
+  const s = statsFor(id);
+  return { liveArrays: s.liveArrays, liveBytes: s.liveBytes };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Host -> device
+
+/** Wraps a freshly computed backend buffer as an Array. */
+export function wrapBuffer(buffer: unknown, aval: ShapedArray, device: Device): Array {
+  return new Array(aval, device, buffer);
+}
+
+function inferShape(x: unknown, what: string): number[] {
+  const shape: number[] = [];
+  let cur: unknown = x;
+  while (globalThis.Array.isArray(cur)) {
+    shape.push(cur.length);
+    if (cur.length === 0) break;
+    cur = cur[0];
+  }
+  void what;
+  return shape;
+}
+
+function fillFlat(x: unknown, shape: readonly number[], out: number[], depth: number, what: string): void {
+  if (depth === shape.length) {
+    if (typeof x === "number") out.push(x);
+    else if (typeof x === "boolean") out.push(x ? 1 : 0);
+    else if (x instanceof Array && x.size === 1) out.push(Number(x.itemSync()));
+    else {
+      throw new ShapeError(`${what}: nested lists must be rectangular and contain numbers or booleans, got ${describe(x)}`);
+    }
+    return;
+  }
+  if (!globalThis.Array.isArray(x) || x.length !== shape[depth]) {
+    throw new ShapeError(
+      `${what}: nested lists must be rectangular, expected length ${shape[depth]} at depth ${depth}, got ${describe(x)}`,
+    );
+  }
+  for (const c of x) fillFlat(c, shape, out, depth + 1, what);
+}
+
+function describe(x: unknown): string {
+  if (globalThis.Array.isArray(x)) return `a list of length ${x.length}`;
+  if (x instanceof Tracer) return `a traced array ${x.aval.str()}`;
+  return typeof x === "object" ? String(x) : `${typeof x} ${String(x)}`;
+}
+
+function isBoolData(x: unknown): boolean {
+  let cur: unknown = x;
+  while (globalThis.Array.isArray(cur)) {
+    if (cur.length === 0) return false;
+    cur = cur[0];
+  }
+  return typeof cur === "boolean";
+}
+
+export interface ArrayOptions {
+  dtype?: DType;
+  device?: Device | string;
+}
+
+export function resolveDevice(d: Device | string | undefined): Device {
+  if (d === undefined) return getDefaultDevice();
+  if (typeof d !== "string") return d;
+  const dev = deviceList.find((x) => x.id === d || x.kind === d);
+  if (!dev) throw new BackendError(`device ${JSON.stringify(d)} not found; available: ${deviceList.map((x) => x.id).join(", ")}`);
+  return dev;
+}
+
+export function checkDeviceDType(device: Device, dtype: DType, what: string): void {
+  if (dtype === "float64" && !device.supportsFloat64) {
+    throw new DTypeError(
+      `${what}: float64 is not supported on ${device.id}\nTip: use float32, or run float64 gradient checks on the CPU backend`,
+    );
+  }
+}
+
+/** Builds an array from host data: a typed array (with `shape`), nested JS lists, a number or boolean. */
+export function fromHost(
+  data: AnyTypedArray | NestedArray,
+  shape: Shape | undefined,
+  opts: ArrayOptions & { weakType?: boolean } = {},
+  what = "np.array",
+): Array {
+  const device = resolveDevice(opts.device);
+  if (ArrayBuffer.isView(data)) {
+    const td = data as AnyTypedArray;
+    const dtype = opts.dtype ? checkDType(what, opts.dtype) : dtypeOfTypedArray(td);
+    const shp = shape ?? [td.length];
+    if (shapeSize(shp) !== td.length) {
+      throw new ShapeError(`${what}: shape ${shapeStr(shp)} needs ${shapeSize(shp)} elements, got ${td.length}`);
+    }
+    checkDeviceDType(device, dtype, what);
+    let buf: AnyTypedArray;
+    if (dtypeOfTypedArray(td) === dtype) buf = td.slice() as AnyTypedArray;
+    else {
+      buf = newTypedArray(dtype, td.length);
+      for (let i = 0; i < td.length; i++) buf[i] = castScalar(td[i]!, dtype);
+    }
+    const aval = new ShapedArray(shp, dtype, !!opts.weakType);
+    return wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
+  }
+  const inferred = inferShape(data, what);
+  const dtype = opts.dtype ? checkDType(what, opts.dtype) : isBoolData(data) ? "bool" : "float32";
+  const flat: number[] = [];
+  fillFlat(data, inferred, flat, 0, what);
+  const shp = shape ?? inferred;
+  if (shapeSize(shp) !== flat.length) {
+    throw new ShapeError(`${what}: shape ${shapeStr(shp)} needs ${shapeSize(shp)} elements, got ${flat.length}`);
+  }
+  checkDeviceDType(device, dtype, what);
+  const buf = newTypedArray(dtype, flat.length);
+  for (let i = 0; i < flat.length; i++) buf[i] = castScalar(flat[i]!, dtype);
+  const aval = new ShapedArray(shp, dtype, !!opts.weakType);
+  return wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
+}
+
+/** A scalar array from a JS number/boolean; weakly typed (it yields to the other operand's dtype). */
+export function scalar(x: number | boolean, dtype: DType, weakType: boolean, device?: Device): Array {
+  const dev = device ?? getDefaultDevice();
+  const buf = newTypedArray(dtype, 1);
+  buf[0] = castScalar(x, dtype);
+  const aval = new ShapedArray([], dtype, weakType);
+  return wrapBuffer(dev.backend.fromHost(buf, aval), aval, dev);
+}
+
+/** The float dtype JS numbers become by default. */
+export function defaultFloat(): DType {
+  return "float32";
+}
+
+export { isFloat };

@@ -1,0 +1,46 @@
+/**
+ * @file Registers the array operations core needs (see CoreHooks in autodiff/core.ts). Imported for its
+ * side effect by src/index.ts.
+ */
+import { ShapedArray } from "../autodiff/aval.js";
+import { registerHooks, Tracer, Value } from "../autodiff/core.js";
+import { ArgumentError } from "../autodiff/errors.js";
+import { Array, scalar } from "./array.js";
+import { add, convert, full } from "./lax/elementwise.js";
+import { broadcastInDim, transpose } from "./lax/structural.js";
+import { range } from "./lax/util.js";
+
+/** JS values at transform boundaries: arrays and tracers as they are, numbers as weak float32 scalars. */
+export function asValue(x: unknown, what: string): Value {
+  if (x instanceof Array || x instanceof Tracer) return x;
+  if (typeof x === "number") return scalar(x, "float32", true);
+  if (typeof x === "boolean") return scalar(x, "bool", false);
+  throw new ArgumentError(
+    `${what}: expected an array or a number, got ${x === null ? "null" : globalThis.Array.isArray(x) ? "a JS list" : typeof x}` +
+      `\nTip: wrap data with np.array(...)`,
+  );
+}
+
+registerHooks({
+  asValue,
+  zeros: (a: ShapedArray) => full(a.shape, 0, a.dtype),
+  add: (x, y) => add(x, y),
+  moveaxis: (x, from, to) => {
+    const n = x.aval.ndim;
+    const rest = range(n).filter((i) => i !== from);
+    rest.splice(to, 0, from);
+    return transpose(x, rest);
+  },
+  broadcastAxis: (x, size, axis) => {
+    const s = [...x.aval.shape];
+    s.splice(axis, 0, size);
+    const dims = range(x.aval.ndim).map((i) => (i < axis ? i : i + 1));
+    return broadcastInDim(x, s, dims);
+  },
+  convert: (x, a) => convert(x, a.dtype, a.weakType),
+  literalValue: (x) => {
+    if (!(x instanceof Array) || x.size !== 1 || !x.device.backend.readSync || x.isDisposed) return null;
+    return x.itemSync();
+  },
+  isConcrete: (x): x is Array => x instanceof Array,
+});
