@@ -290,6 +290,8 @@ export interface CoreHooks {
   asValue(x: unknown, what: string): Value;
   /** A zero array of the given aval. */
   zeros(aval: ShapedArray): Value;
+  /** An array of the given aval filled with `value`. */
+  full(aval: ShapedArray, value: number): Value;
   /** Elementwise sum of two same-aval values (accumulating cotangents). */
   add(x: Value, y: Value): Value;
   /** Moves axis `from` of x to `to`. */

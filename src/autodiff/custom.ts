@@ -24,7 +24,7 @@ import {
 import { ArgumentError, DTypeError, ShapeError } from "./errors.js";
 import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, outputsDependOn, traceToJaxpr } from "./jaxpr.js";
 import { bindCall, CallParams, callJvpRule, callVmapRule, hoistConsts, vmapJaxpr } from "./call.js";
-import { linearizeFlat, PartialEvalTrace, PartialEvalTracer } from "./partial-eval.js";
+import { partialEvalFlat, PartialEvalTrace, PartialEvalTracer, PartialVal } from "./partial-eval.js";
 import { transposeClosed } from "./transpose.js";
 import { flatten, TreeDef, treedefEqual, treedefStr, unflatten } from "./tree.js";
 import { BDim, moveBatchAxis, vmapFlatAxis0 } from "./vmap.js";
@@ -344,24 +344,17 @@ export const checkpointP: Primitive<CheckpointParams> = definePrimitiveRules<Che
   impl: (args, p) => evalJaxpr(p.jaxpr, [], args) as any,
   jvp: (primals, tangents, p) => callJvpRule(checkpointP)(primals, tangents, p),
   vmap: (args, dims, p, size) => callVmapRule(checkpointP, (x, d, n) => moveBatchAxis(x, d, 0, n))(args, dims, p, size),
-  // The linear inputs are tangents; the others are the saved primal inputs. Recompute the forward
-  // pass now (linearize), then transpose it: this is where rematerialisation happens.
+  // The linear inputs are tangents; the others are the saved primal inputs. Partially evaluate the
+  // jaxpr with the tangents unknown: the known part (the forward pass) is recomputed now, and the
+  // recorded linear part is transposed. This is where rematerialisation happens.
   transpose: (cts, args, p) => {
-    const lin = args.map((a) => a instanceof UndefinedPrimal);
-    const linAvals = args.filter((a): a is UndefinedPrimal => a instanceof UndefinedPrimal).map((a) => a.aval);
-    const f = (...xs: Value[]) => {
-      let k = 0;
-      return evalJaxpr(
-        p.jaxpr,
-        [],
-        args.map((a) => (a instanceof UndefinedPrimal ? xs[k++]! : a)),
-      );
-    };
-    const zeros = linAvals.map((a) => hooks().zeros(a));
-    const [, linJaxpr] = linearizeFlat(f, zeros);
-    const ctsLin = transposeClosed(linJaxpr, cts);
+    const pvals = args.map((a) => (a instanceof UndefinedPrimal ? PartialVal.unknown(a.aval) : PartialVal.known(a)));
+    const [linJaxpr, pvalsOut] = partialEvalFlat((...xs: Value[]) => evalJaxpr(p.jaxpr, [], xs), pvals);
+    // Outputs that turned out not to depend on the tangents have zero cotangent contribution.
+    const ctsLin = cts.filter((_, i) => !pvalsOut[i]!.isKnown);
+    const ctsIn = transposeClosed(linJaxpr, ctsLin);
     let k = 0;
-    return lin.map((l) => (l ? ctsLin[k++]! : null));
+    return args.map((a) => (a instanceof UndefinedPrimal ? ctsIn[k++]! : null));
   },
   partialEval: (trace: PartialEvalTrace, tracers: readonly PartialEvalTracer[], p: CheckpointParams) => {
     const unknownIn = tracers.map((t) => !t.pval.isKnown);

@@ -8,7 +8,7 @@
 import { ShapedArray } from "./aval.js";
 import { Concrete, definePrimitiveRules, hooks, isTracer, Primitive, Trace, Tracer, Value } from "./core.js";
 import { ArgumentError } from "./errors.js";
-import { ClosedJaxpr, evalJaxpr, Jaxpr, printJaxpr, traceToJaxpr } from "./jaxpr.js";
+import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, printJaxpr, traceToJaxpr } from "./jaxpr.js";
 import { bindCall, CallParams, callJvpRule, callVmapRule } from "./call.js";
 import { backwardPass } from "./transpose.js";
 import { flatten, TreeDef, treedefStr, unflatten } from "./tree.js";
@@ -143,7 +143,9 @@ function prepareTrace(
       outDef = od;
       return ol;
     };
-    const cj = traceToJaxpr(flatFn, values.map((v) => v.aval), transformName);
+    const traced = traceToJaxpr(flatFn, values.map((v) => v.aval), transformName);
+    // jit drops equations whose results are unused; makeJaxpr shows the trace as it was recorded.
+    const cj = transformName === "jit" ? new ClosedJaxpr(dce(traced.jaxpr, traced.jaxpr.outs.map(() => true))[0], traced.consts) : traced;
     return { cj, outDef: outDef! };
   };
   return { values, key, run };

@@ -4,7 +4,7 @@
  * `linearize`.
  */
 import { isFloat, ShapedArray } from "./aval.js";
-import { addTangents, bind, hooks, instantiate, MaybeZero, nonlinear, UndefinedPrimal, Value } from "./core.js";
+import { addTangents, bind, hooks, instantiate, isTracer, MaybeZero, nonlinear, UndefinedPrimal, Value } from "./core.js";
 import { ArgumentError, DTypeError, NonlinearError, ShapeError } from "./errors.js";
 import { Atom, ClosedJaxpr, evalJaxpr, Jaxpr, Literal, Var } from "./jaxpr.js";
 import { linearizeFlat } from "./partial-eval.js";
@@ -125,8 +125,13 @@ export function vjpWithAux(f: (...args: any[]) => any, hasAux: boolean, primals:
     outDef = od;
     auxDef = ad;
     numOut = ol.length;
-    return [...ol, ...al];
+    // Aux arrays leave the trace as outputs; other JS values (numbers, strings) pass through as they are.
+    auxIsArray = al.map((x) => isTracer(x) || hooks().isConcrete(x));
+    auxOther = al.map((x, i) => (auxIsArray[i] ? undefined : x));
+    return [...ol, ...al.filter((_, i) => auxIsArray[i])];
   };
+  let auxIsArray: boolean[] = [];
+  let auxOther: unknown[] = [];
   const [outsAll, linJaxpr] = linearizeFlat(flatFn, xs);
   const outs = outsAll.slice(0, numOut);
   const outAvals = outs.map((o) => o.aval);
@@ -141,7 +146,9 @@ export function vjpWithAux(f: (...args: any[]) => any, hasAux: boolean, primals:
       ctsIn.map((c, i) => instantiate(c, xs[i]!.aval)),
     );
   };
-  return [unflatten(outDef!, outs), vjpFn, hasAux ? unflatten(auxDef!, outsAll.slice(numOut)) : undefined];
+  let k = numOut;
+  const auxLeaves = auxIsArray.map((isArr, i) => (isArr ? outsAll[k++] : auxOther[i]));
+  return [unflatten(outDef!, outs), vjpFn, hasAux ? unflatten(auxDef!, auxLeaves) : undefined];
 }
 
 export interface GradOptions {
@@ -188,8 +195,11 @@ function valueAndGradImpl(what: string, f: (...args: any[]) => any, opts: GradOp
   };
   const [out, vjpFn, aux] = vjpWithAux(g, !!opts.hasAux, nums.map((k) => args[k]));
   const [ol] = flatten(out);
-  if (ol.length !== 1 || !(hooks().isConcrete(ol[0]) || typeof ol[0] === "object")) {
-    throw new ShapeError(`${what}: the function must return a single scalar array, got a tree with ${ol.length} leaves`);
+  if (ol.length !== 1) {
+    throw new ShapeError(
+      `${what}: the function must return a single scalar array, got a tree with ${ol.length} leaves` +
+        (opts.hasAux ? "" : "\nTip: to return extra values, use hasAux: true and return [loss, aux]"),
+    );
   }
   const o = hooks().asValue(ol[0], `${what} output`);
   if (o.aval.ndim !== 0) {
@@ -201,7 +211,7 @@ function valueAndGradImpl(what: string, f: (...args: any[]) => any, opts: GradOp
   if (!isFloat(o.aval.dtype)) {
     throw new DTypeError(`${what}: the function must return a float scalar, got ${o.aval.dtype}`);
   }
-  const one = hooks().convert(hooks().asValue(1, `${what} seed`), o.aval.withWeak(false));
+  const one = hooks().full(o.aval.withWeak(false), 1);
   const grads = vjpFn(unflatten(flatten(out)[1], [one]));
   const result = typeof argnums === "number" ? grads[0] : grads;
   return [o, result, aux];

@@ -24,6 +24,7 @@ export function asValue(x: unknown, what: string): Value {
 registerHooks({
   asValue,
   zeros: (a: ShapedArray) => full(a.shape, 0, a.dtype),
+  full: (a: ShapedArray, v: number) => full(a.shape, v, a.dtype),
   add: (x, y) => add(x, y),
   moveaxis: (x, from, to) => {
     const n = x.aval.ndim;

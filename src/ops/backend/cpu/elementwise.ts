@@ -391,7 +391,14 @@ export function bitcast(x: CpuBuffer, dtype: DType): CpuBuffer {
   if (x.dtype !== dtype && !(four(x.dtype) && four(dtype))) {
     throw new DTypeError(`bitcast: dtypes of one width (float32, int32, uint32), got ${x.dtype} to ${dtype}`);
   }
-  const src = contiguousData(x);
+  // Copy through an integer view of the same storage so NaN payloads survive strided copies.
+  const data0 = x.data;
+  const asInt =
+    data0 instanceof Float32Array || data0 instanceof Uint32Array
+      ? new Int32Array(data0.buffer, data0.byteOffset, data0.length)
+      : data0;
+  const intType = asInt === data0 ? x.dtype : "int32";
+  const src = contiguousData(new CpuBuffer(asInt, intType, x.shape, x.strides, x.offset, false));
   const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength).slice();
   let data: AnyTypedArray;
   switch (dtype) {
