@@ -8,6 +8,7 @@ import "./ops/devices.js";
 export * as np from "./ops/np.js";
 export * as nn from "./nn/activations.js";
 export * as lax from "./ops/lax/index.js";
+export * as random from "./ops/random.js";
 export * as tree from "./autodiff/tree.js";
 
 export { Array } from "./ops/array.js";

@@ -8,16 +8,39 @@
  * Core never imports ops: a primitive carries its own rules, and the few array operations core itself
  * needs (zeros, adding cotangents, converting JS numbers) are registered by the ops layer in `hooks`.
  */
-import { ShapedArray } from "./aval.js";
+import { DType, ShapedArray } from "./aval.js";
 import { ArgumentError, ConcretizationError, UnexpectedTracerError } from "./errors.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Values
 
-/** A concrete array as core sees it: something with an abstract value. The ops layer defines the class. */
-export interface Concrete {
+/** Host copies of array contents, C order (bool as bytes). */
+export type HostData = Float32Array | Float64Array | Int32Array | Uint32Array | Uint8Array;
+/** Nested JS lists, as `toArray()` returns them. */
+export type NestedArray = number | boolean | NestedArray[];
+
+/**
+ * What every array-valued thing offers, concrete or traced (as `jax.Array` covers both). Reading the
+ * contents of a tracer throws ConcretizationError: inside a transform there is no value yet.
+ */
+export interface ArrayBase {
   readonly aval: ShapedArray;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly ndim: number;
+  readonly size: number;
+  readonly weakType: boolean;
+  data(): Promise<HostData>;
+  toArray(): Promise<NestedArray>;
+  item(): Promise<number | boolean>;
+  dataSync(): HostData;
+  toArraySync(): NestedArray;
+  itemSync(): number | boolean;
+  [Symbol.iterator](): Iterator<Value>;
 }
+
+/** A concrete array as core sees it. The ops layer defines the class (src/ops/array.ts). */
+export interface Concrete extends ArrayBase {}
 
 /** Anything a primitive can be applied to: a concrete array or a tracer of some transform. */
 export type Value = Concrete | Tracer;
@@ -270,6 +293,30 @@ export abstract class Tracer {
   fullLower(): Value {
     return this;
   }
+  private readError(what: string): ConcretizationError {
+    return new ConcretizationError(
+      `${what}: cannot read the value of a traced array ${this.aval.str()} inside ${this._trace.main.transformName}; ` +
+        `it has no value until the transformed function returns.\nTip: return the array from the function and read the result`,
+    );
+  }
+  data(): Promise<HostData> {
+    return Promise.reject(this.readError("data"));
+  }
+  toArray(): Promise<NestedArray> {
+    return Promise.reject(this.readError("toArray"));
+  }
+  item(): Promise<number | boolean> {
+    return Promise.reject(this.readError("item"));
+  }
+  dataSync(): HostData {
+    throw this.readError("dataSync");
+  }
+  toArraySync(): NestedArray {
+    throw this.readError("toArraySync");
+  }
+  itemSync(): number | boolean {
+    throw this.readError("itemSync");
+  }
   [Symbol.toPrimitive](): never {
     throw new ConcretizationError(
       `${this._trace.main.transformName}: a traced array ${this.aval.str()} was used as a JS number, string or boolean ` +
@@ -279,6 +326,10 @@ export abstract class Tracer {
   }
   toString(): string {
     return `Tracer<${this.aval.str()}> (${this._trace.main.transformName})`;
+  }
+  /** Iterates over axis 0 (so `const [a, b] = x` destructures rows). */
+  [Symbol.iterator](): Iterator<Value> {
+    return hooks().unstack(this)[Symbol.iterator]();
   }
 }
 
@@ -302,6 +353,8 @@ export interface CoreHooks {
   convert(x: Value, aval: ShapedArray): Value;
   /** A concrete scalar/array value of a constant for printing in jaxprs (small arrays only), or null. */
   literalValue(x: Value): number | boolean | null;
+  /** Splits along axis 0 (iteration over an array yields its rows, as in JAX and numpy). */
+  unstack(x: Value): Value[];
   /** Whether this value is a concrete array of the ops layer. */
   isConcrete(x: unknown): x is Concrete;
 }

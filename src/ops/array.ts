@@ -6,7 +6,7 @@
  */
 import { DType, isFloat, Shape, ShapedArray, shapeSize, shapeStr } from "../autodiff/aval.js";
 import { BackendError, DTypeError, ShapeError } from "../autodiff/errors.js";
-import { Tracer } from "../autodiff/core.js";
+import { hooks, Tracer, Value } from "../autodiff/core.js";
 import type { AnyTypedArray, Backend } from "./backend/kernel.js";
 import { castScalar, checkDType, dtypeOfTypedArray, newTypedArray } from "./dtype.js";
 
@@ -180,6 +180,10 @@ export class Array {
       );
     }
     return Number(this.itemSync());
+  }
+  /** Iterates over axis 0 (so `const [k1, k2] = random.split(key)` works). */
+  [Symbol.iterator](): Iterator<Value> {
+    return hooks().unstack(this)[Symbol.iterator]();
   }
   toString(): string {
     if (this.device.backend.readSync && this.size <= 1000) {

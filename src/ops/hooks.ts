@@ -7,7 +7,8 @@ import { registerHooks, Tracer, Value } from "../autodiff/core.js";
 import { ArgumentError } from "../autodiff/errors.js";
 import { Array, scalar } from "./array.js";
 import { add, convert, full } from "./lax/elementwise.js";
-import { broadcastInDim, transpose } from "./lax/structural.js";
+import { broadcastInDim, reshape, sliceInDim, transpose } from "./lax/structural.js";
+import { ShapeError } from "../autodiff/errors.js";
 import { range } from "./lax/util.js";
 
 /** JS values at transform boundaries: arrays and tracers as they are, numbers as weak float32 scalars. */
@@ -44,4 +45,9 @@ registerHooks({
     return x.itemSync();
   },
   isConcrete: (x): x is Array => x instanceof Array,
+  unstack: (x) => {
+    const s = x.aval.shape;
+    if (s.length === 0) throw new ShapeError(`iteration: cannot iterate over a scalar ${x.aval.str()}`);
+    return range(s[0]!).map((i) => reshape(sliceInDim(x, i, i + 1, 0), s.slice(1)));
+  },
 });
