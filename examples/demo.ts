@@ -59,7 +59,7 @@ async function main() {
   const report = checkGrads((w: Value) => np.sum(np.tanh(np.matmul(w, w))), [np.array([[0.3, -0.2], [0.1, 0.4]], { dtype: "float64" })], {
     order: 2,
   });
-  console.log(`checkGrads (order 2, fwd + rev): passed, max relative error ${report.maxRelError.toExponential(2)}\n`);
+  console.log(`checkGrads (order 2, fwd + rev): passed, max relative error ${report.maxRelErr.toExponential(2)}\n`);
 
   console.log("The IR (jaxpr) of the gradient of tanh(w·x) summed:");
   console.log(makeJaxpr(grad((w: Value, xx: Value) => np.sum(np.tanh(np.matmul(xx, w)))))(np.ones([2, 2]), np.ones([3, 2])).toString());

@@ -158,7 +158,7 @@ export interface GradOptions {
   hasAux?: boolean;
 }
 
-function normalizeArgnums(what: string, argnums: number | readonly number[], nargs: number): number[] {
+export function normalizeArgnums(what: string, argnums: number | readonly number[], nargs: number): number[] {
   const list = typeof argnums === "number" ? [argnums] : [...argnums];
   if (list.length === 0) throw new ArgumentError(`${what}: argnums must not be empty`);
   return list.map((a) => {
