@@ -33,7 +33,8 @@ function bench(label: string, x: CpuBuffer, y: CpuBuffer, dims: DotDims, outShap
   const out = { shape: outShape, dtype: "float32" as const };
   const seconds = timeIt(() => cpu.release(cpu.dotGeneral(x, y, dims, out)));
   const gflops = flops / seconds / 1e9;
-  console.log(`${label.padEnd(34)} ${(seconds * 1000).toFixed(2).padStart(9)} ms  ${gflops.toFixed(2).padStart(6)} GFLOP/s`);
+  const ms = (seconds * 1000).toFixed(2).padStart(9);
+  console.log(`${label.padEnd(34)} ${ms} ms  ${gflops.toFixed(2).padStart(6)} GFLOP/s`);
 }
 
 const matmul: DotDims = { contracting: [[1], [0]], batch: [[], []] };

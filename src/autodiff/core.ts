@@ -124,6 +124,11 @@ export function definePrimitiveRules<P>(rules: PrimitiveRules<P>): Primitive<P> 
 /** One active transform on the stack. `level` orders nesting: higher = more inner. */
 export class MainTrace {
   active = true;
+  private _trace: Trace | undefined;
+  /** The (stateless) trace object of this main, created once. */
+  get trace(): Trace {
+    return (this._trace ??= new this.traceType(this));
+  }
   constructor(
     readonly level: number,
     readonly traceType: new (main: MainTrace) => Trace,
@@ -239,11 +244,15 @@ function findTopTrace(args: readonly Value[]): Trace {
     }
   }
   if (dynamicTrace && dynamicTrace.level > top.level) top = dynamicTrace;
-  return new top.traceType(top);
+  return top.trace;
 }
 
 /** Applies a primitive to values under the innermost active transform among them. */
 export function bind(prim: Primitive, args: readonly Value[], params: any): Value[] {
+  // Fast path for eager evaluation: no transform is active and no argument is a tracer.
+  if (traceStack.length === 1 && !args.some((a) => a instanceof Tracer)) {
+    return prim.impl(args as readonly Concrete[], params);
+  }
   const trace = findTopTrace(args);
   const tracers = args.map((a) => trace.fullRaise(a));
   const outs = trace.processPrimitive(prim, tracers, params);

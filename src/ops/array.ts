@@ -132,9 +132,14 @@ export class Array {
     }
     return this._buffer;
   }
+  private _permanent = false;
+  /** Marks a shared constant that dispose() must not release (cached scalars). */
+  makePermanent(): void {
+    this._permanent = true;
+  }
   /** Releases the buffer now. Idempotent. Using the array afterwards throws. */
   dispose(): void {
-    if (this._released.v) return;
+    if (this._released.v || this._permanent) return;
     this._released.v = true;
     finalizer.unregister(this);
     this.device.backend.release(this._buffer);
@@ -333,13 +338,36 @@ export function fromHost(
   return wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
 }
 
+/**
+ * Scalars made from JS numbers recur constantly (1, 0.5, 2 in every derivative rule), so they are
+ * cached per (device, dtype, weakness, value). Cached scalars are permanent: dispose() and scopes leave
+ * them alone, which is safe because arrays are immutable.
+ */
+const scalarCache = new Map<string, Array>();
+const SCALAR_CACHE_LIMIT = 4096;
+
 /** A scalar array from a JS number/boolean; weakly typed (it yields to the other operand's dtype). */
 export function scalar(x: number | boolean, dtype: DType, weakType: boolean, device?: Device): Array {
   const dev = device ?? getDefaultDevice();
+  const v = castScalar(x, dtype);
+  const key = `${dev.id}|${dtype}|${weakType ? 1 : 0}|${Object.is(v, -0) ? "-0" : v}`;
+  const hit = scalarCache.get(key);
+  if (hit && !hit.isDisposed) return hit;
   const buf = newTypedArray(dtype, 1);
-  buf[0] = castScalar(x, dtype);
+  buf[0] = v;
   const aval = new ShapedArray([], dtype, weakType);
-  return wrapBuffer(dev.backend.fromHost(buf, aval), aval, dev);
+  const hook = onCreate;
+  onCreate = null; // not owned by any scope
+  try {
+    const a = wrapBuffer(dev.backend.fromHost(buf, aval), aval, dev);
+    if (scalarCache.size < SCALAR_CACHE_LIMIT) {
+      scalarCache.set(key, a);
+      a.makePermanent();
+    }
+    return a;
+  } finally {
+    onCreate = hook;
+  }
 }
 
 /** The float dtype JS numbers become by default. */

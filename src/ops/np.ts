@@ -92,6 +92,7 @@ export function astype(x: ArrayLike, dtype: DType): Value {
 
 /** Promotes operands to their common dtype and broadcasts them to a common shape. */
 function promote(name: string, xs: readonly ArrayLike[], minFloat = false): Value[] {
+  if (sameTypeAndShape(xs, minFloat)) return xs as Value[];
   const vs = xs.map((x) => asArray(x, `np.${name}`));
   let { dtype, weakType } = resultType(vs.map((v) => ({ dtype: v.aval.dtype, weakType: v.aval.weakType })));
   if (minFloat && !isFloat(dtype)) dtype = "float32";
@@ -102,6 +103,22 @@ function promote(name: string, xs: readonly ArrayLike[], minFloat = false): Valu
     const c = typeof raw === "number" || typeof raw === "boolean" ? scalar(raw, dtype, weakType) : lax.convert(v, dtype, weakType);
     return broadcastTo(c, shape);
   });
+}
+
+/** Fast path of `promote`: arrays that already share a shape and dtype need nothing. */
+function sameTypeAndShape(xs: readonly ArrayLike[], minFloat: boolean): boolean {
+  const a0 = xs[0];
+  if (!(a0 instanceof Array || a0 instanceof Tracer)) return false;
+  const { dtype, shape, weakType } = a0.aval;
+  if (minFloat && !isFloat(dtype)) return false;
+  for (let i = 1; i < xs.length; i++) {
+    const x = xs[i];
+    if (!(x instanceof Array || x instanceof Tracer)) return false;
+    const b = x.aval;
+    if (b.dtype !== dtype || b.weakType !== weakType || b.shape.length !== shape.length) return false;
+    for (let k = 0; k < shape.length; k++) if (b.shape[k] !== shape[k]) return false;
+  }
+  return true;
 }
 
 /** A float version of x (ints and bools become float32, as jnp does for sin, exp, ...). */

@@ -84,7 +84,9 @@ export const dotGeneralP: OpsPrimitive<DotParams> = definePrimitive<DotParams>({
     const lFree = x!.aval.ndim - lc.length - lb.length;
     return [[bind1(dotGeneralP, [x!, bdimTo0(y!, dy!)], { dims: nd })], [lb.length + lFree]];
   },
-  lower: (b, [x, y], p, _a, [out]) => [b.dotGeneral(x!, y!, p.dims, out!)],
+  // bool operands contract as int32 (the output dtype), as the kernel contract requires.
+  lower: (b, [x, y], p, [ax], [out]) =>
+    ax!.dtype === "bool" ? [b.dotGeneral(b.cast(x!, "int32"), b.cast(y!, "int32"), p.dims, out!)] : [b.dotGeneral(x!, y!, p.dims, out!)],
   printParams: ({ dims }) => {
     const t = (a: readonly number[]) => `(${a.join(", ")}${a.length === 1 ? "," : ""})`;
     return `dimension_numbers=((${t(dims.contracting[0])}, ${t(dims.contracting[1])}), (${t(dims.batch[0])}, ${t(dims.batch[1])}))`;

@@ -120,7 +120,8 @@ function checkStarts(name: string, x: ShapedArray, starts: readonly ShapedArray[
 /** Clamps a start index so that a window of `size` fits in `dim`, as XLA does. */
 function clampStart(s: Value, dim: number, size: number): Value {
   const si = convert(s, "int32");
-  return max(full([], 0, "int32"), min(si, full([], Math.max(dim - size, 0), "int32")));
+  const shape = si.aval.shape; // [] for a plain start, [B] for a batched one
+  return max(full(shape, 0, "int32"), min(si, full(shape, Math.max(dim - size, 0), "int32")));
 }
 
 /** For batched starts: per-axis gathers with indices s + iota(size) (clamped). */

@@ -173,6 +173,7 @@ function cumprodJvp(x: Value, _y: Value, t: Value, p: CumParams): Value {
 
 /** cummax/cummin: the tangent of the (first) element that attains the running extreme. */
 function cumExtremeJvp(x: Value, y: Value, t: Value, p: CumParams): Value {
+  if (x.aval.shape[p.axis] === 0) return t; // nothing to select from an empty axis
   const [xl, undo] = axisLast(p.reverse ? rev(x, [p.axis]) : x, p.axis);
   const [yl] = axisLast(p.reverse ? rev(y, [p.axis]) : y, p.axis);
   const [tl] = axisLast(p.reverse ? rev(t, [p.axis]) : t, p.axis);

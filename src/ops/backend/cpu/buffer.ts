@@ -186,13 +186,13 @@ export function forEachRow(
   const counter = new Int32Array(nd - 1);
   for (let it = 0; it < outer; it++) {
     row(inner, offs, steps);
+    // Advance the carried multi-index: bump the innermost outer dim, wrapping into the next ones.
     for (let d = nd - 2; d >= 0; d--) {
-      const sd = st;
-      for (let o = 0; o < k; o++) offs[o]! += sd[o]![d]!;
+      for (let o = 0; o < k; o++) offs[o]! += st[o]![d]!;
       if (++counter[d]! < dims[d]!) break;
       counter[d] = 0;
       const n = dims[d]!;
-      for (let o = 0; o < k; o++) offs[o]! -= sd[o]![d]! * n;
+      for (let o = 0; o < k; o++) offs[o]! -= st[o]![d]! * n;
     }
   }
 }

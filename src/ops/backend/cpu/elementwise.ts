@@ -14,7 +14,7 @@
  */
 import { isFloat, isInt, shapeStr, type DType } from "../../../autodiff/aval.js";
 import { DTypeError, ShapeError } from "../../../autodiff/errors.js";
-import type { AnyTypedArray, BinaryOp, OutType, UnaryOp } from "../kernel.js";
+import { COMPARISON_OPS, type AnyTypedArray, type BinaryOp, type OutType, type UnaryOp } from "../kernel.js";
 import {
   allocate,
   contiguousData,
@@ -64,19 +64,15 @@ function map2(x: CpuBuffer, y: CpuBuffer, dtype: DType, row: Row2): CpuBuffer {
   return new CpuBuffer(o, dtype, x.shape);
 }
 
-/** A row kernel from a scalar function (one indirect call per element; used for costly functions). */
-function rowOf1(f: (x: number) => number): Row1 {
-  return (n, o, io, a, ia, sa) => {
-    for (let i = 0; i < n; i++, ia += sa) o[io + i] = f(a[ia]!);
-  };
-}
-
+/** A row kernel from a scalar function (one indirect call per element; for rarely used int ops). */
 function rowOf2(f: (x: number, y: number) => number): Row2 {
   return (n, o, io, a, ia, sa, b, ib, sb) => {
     for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = f(a[ia]!, b[ib]!);
   };
 }
 
+// One loop per op rather than one loop calling a function argument: a shared loop's call site goes
+// megamorphic once several ops have run through it, which halves the throughput of cheap ops.
 const copyRow: Row1 = (n, o, io, a, ia, sa) => {
   for (let i = 0; i < n; i++, ia += sa) o[io + i] = a[ia]!;
 };
@@ -86,13 +82,96 @@ const negRow: Row1 = (n, o, io, a, ia, sa) => {
 const absRow: Row1 = (n, o, io, a, ia, sa) => {
   for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.abs(a[ia]!);
 };
+const expRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.exp(a[ia]!);
+};
+const logRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.log(a[ia]!);
+};
+const log1pRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.log1p(a[ia]!);
+};
+const expm1Row: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.expm1(a[ia]!);
+};
+const sqrtRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.sqrt(a[ia]!);
+};
+const rsqrtRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = 1 / Math.sqrt(a[ia]!);
+};
+const sinRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.sin(a[ia]!);
+};
+const cosRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.cos(a[ia]!);
+};
+const tanRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.tan(a[ia]!);
+};
+const tanhRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.tanh(a[ia]!);
+};
+const asinRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.asin(a[ia]!);
+};
+const acosRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.acos(a[ia]!);
+};
+const atanRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.atan(a[ia]!);
+};
+const sinhRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.sinh(a[ia]!);
+};
+const coshRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.cosh(a[ia]!);
+};
+const asinhRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.asinh(a[ia]!);
+};
+const acoshRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.acosh(a[ia]!);
+};
+const atanhRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.atanh(a[ia]!);
+};
+const signRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = signFloat(a[ia]!);
+};
+const floorRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.floor(a[ia]!);
+};
+const ceilRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.ceil(a[ia]!);
+};
+const roundRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = roundHalfEven(a[ia]!);
+};
+const erfRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = erf(a[ia]!);
+};
+const erfInvRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = erfInv(a[ia]!);
+};
+const logisticRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = logistic(a[ia]!);
+};
+const isFiniteRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = +Number.isFinite(a[ia]!);
+};
 const onesRow: Row1 = (n, o, io) => {
   o.fill(1, io, io + n);
 };
-
-const intSign = (x: number): number => (x > 0 ? 1 : x < 0 ? -1 : 0);
-const rsqrt = (x: number): number => 1 / Math.sqrt(x);
-const isFiniteNum = (x: number): number => (Number.isFinite(x) ? 1 : 0);
+const intSignRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = Math.sign(a[ia]!);
+};
+const bitNotRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = ~a[ia]!;
+};
+const boolNotRow: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = 1 - a[ia]!;
+};
 
 function unsupported(op: string, dtype: DType): never {
   throw new DTypeError(`${op}: a dtype the op is defined on, got ${dtype}`);
@@ -106,57 +185,57 @@ function floatUnaryRow(op: UnaryOp): Row1 {
     case "abs":
       return absRow;
     case "exp":
-      return rowOf1(Math.exp);
+      return expRow;
     case "log":
-      return rowOf1(Math.log);
+      return logRow;
     case "log1p":
-      return rowOf1(Math.log1p);
+      return log1pRow;
     case "expm1":
-      return rowOf1(Math.expm1);
+      return expm1Row;
     case "sqrt":
-      return rowOf1(Math.sqrt);
+      return sqrtRow;
     case "rsqrt":
-      return rowOf1(rsqrt);
+      return rsqrtRow;
     case "sin":
-      return rowOf1(Math.sin);
+      return sinRow;
     case "cos":
-      return rowOf1(Math.cos);
+      return cosRow;
     case "tan":
-      return rowOf1(Math.tan);
+      return tanRow;
     case "tanh":
-      return rowOf1(Math.tanh);
+      return tanhRow;
     case "asin":
-      return rowOf1(Math.asin);
+      return asinRow;
     case "acos":
-      return rowOf1(Math.acos);
+      return acosRow;
     case "atan":
-      return rowOf1(Math.atan);
+      return atanRow;
     case "sinh":
-      return rowOf1(Math.sinh);
+      return sinhRow;
     case "cosh":
-      return rowOf1(Math.cosh);
+      return coshRow;
     case "asinh":
-      return rowOf1(Math.asinh);
+      return asinhRow;
     case "acosh":
-      return rowOf1(Math.acosh);
+      return acoshRow;
     case "atanh":
-      return rowOf1(Math.atanh);
+      return atanhRow;
     case "sign":
-      return rowOf1(signFloat);
+      return signRow;
     case "floor":
-      return rowOf1(Math.floor);
+      return floorRow;
     case "ceil":
-      return rowOf1(Math.ceil);
+      return ceilRow;
     case "round":
-      return rowOf1(roundHalfEven);
+      return roundRow;
     case "erf":
-      return rowOf1(erf);
+      return erfRow;
     case "erf_inv":
-      return rowOf1(erfInv);
+      return erfInvRow;
     case "logistic":
-      return rowOf1(logistic);
+      return logisticRow;
     case "is_finite":
-      return rowOf1(isFiniteNum);
+      return isFiniteRow;
     case "not":
       return unsupported(op, "float32");
     default:
@@ -175,7 +254,7 @@ export function unary(op: UnaryOp, x: CpuBuffer, out: OutType): CpuBuffer {
   if (isFloat(dt)) return map1(x, outDType, floatUnaryRow(op));
   if (op === "is_finite") return map1(x, "bool", onesRow);
   if (dt === "bool") {
-    if (op === "not") return map1(x, dt, rowOf1((v) => 1 - v));
+    if (op === "not") return map1(x, dt, boolNotRow);
     return unsupported(op, dt);
   }
   // int32 / uint32: the store wraps (-(-2^31) and |-2^31| are -2^31, as in C).
@@ -185,13 +264,13 @@ export function unary(op: UnaryOp, x: CpuBuffer, out: OutType): CpuBuffer {
     case "abs":
       return map1(x, dt, dt === "uint32" ? copyRow : absRow);
     case "sign":
-      return map1(x, dt, rowOf1(intSign));
+      return map1(x, dt, intSignRow);
     case "floor":
     case "ceil":
     case "round":
       return map1(x, dt, copyRow);
     case "not":
-      return map1(x, dt, rowOf1((v) => ~v));
+      return map1(x, dt, bitNotRow);
     default:
       return unsupported(op, dt);
   }
@@ -230,22 +309,31 @@ const xorRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
   for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia]! ^ b[ib]!;
 };
 const eqRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
-  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia] === b[ib] ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = +(a[ia]! === b[ib]!);
 };
 const neRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
-  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia] !== b[ib] ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = +(a[ia]! !== b[ib]!);
 };
 const ltRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
-  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia]! < b[ib]! ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = +(a[ia]! < b[ib]!);
 };
 const leRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
-  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia]! <= b[ib]! ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = +(a[ia]! <= b[ib]!);
 };
 const gtRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
-  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia]! > b[ib]! ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = +(a[ia]! > b[ib]!);
 };
 const geRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
-  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia]! >= b[ib]! ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = +(a[ia]! >= b[ib]!);
+};
+const remRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = a[ia]! % b[ib]!;
+};
+const powRow: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = powFloat(a[ia]!, b[ib]!);
+};
+const atan2Row: Row2 = (n, o, io, a, ia, sa, b, ib, sb) => {
+  for (let i = 0; i < n; i++, ia += sa, ib += sb) o[io + i] = Math.atan2(a[ia]!, b[ib]!);
 };
 
 /** Truncating int32 division; x / 0 = 0. Exact: |a/b| < 2^31 leaves no rounding across an integer. */
@@ -270,15 +358,15 @@ function binaryRow(op: BinaryOp, dt: DType): Row2 {
     case "div":
       return float ? divRow : dt === "int32" ? rowOf2(divInt32) : bool ? unsupported(op, dt) : rowOf2(divUint32);
     case "rem":
-      return float ? rowOf2((a, b) => a % b) : bool ? unsupported(op, dt) : rowOf2(remInt);
+      return float ? remRow : bool ? unsupported(op, dt) : rowOf2(remInt);
     case "pow":
-      return float ? rowOf2(powFloat) : bool ? unsupported(op, dt) : rowOf2(powInt);
+      return float ? powRow : bool ? unsupported(op, dt) : rowOf2(powInt);
     case "max":
       return maxRow;
     case "min":
       return minRow;
     case "atan2":
-      return float ? rowOf2(Math.atan2) : unsupported(op, dt);
+      return float ? atan2Row : unsupported(op, dt);
     case "and":
       return float ? unsupported(op, dt) : andRow;
     case "or":
@@ -306,8 +394,6 @@ function binaryRow(op: BinaryOp, dt: DType): Row2 {
   }
 }
 
-const COMPARISONS: ReadonlySet<BinaryOp> = new Set(["eq", "ne", "lt", "le", "gt", "ge"]);
-
 /** Elementwise binary op on operands of identical shape and dtype. */
 export function binary(op: BinaryOp, x: CpuBuffer, y: CpuBuffer, out: OutType): CpuBuffer {
   if (x.dtype !== y.dtype) {
@@ -315,11 +401,12 @@ export function binary(op: BinaryOp, x: CpuBuffer, y: CpuBuffer, out: OutType): 
   }
   if (x.shape.length !== y.shape.length || x.shape.some((d, i) => d !== y.shape[i])) {
     throw new ShapeError(
-      `${op}: operands of identical shape (broadcast explicitly first), got ${shapeStr(x.shape)} and ${shapeStr(y.shape)}`,
+      `${op}: operands of identical shape (broadcast explicitly first), ` +
+        `got ${shapeStr(x.shape)} and ${shapeStr(y.shape)}`,
     );
   }
   expectShape(op, "an output shape equal to the operands'", x.shape, out.shape);
-  const outDType: DType = COMPARISONS.has(op) ? "bool" : x.dtype;
+  const outDType: DType = COMPARISON_OPS.has(op) ? "bool" : x.dtype;
   if (out.dtype !== outDType) {
     throw new DTypeError(`${op}: output dtype ${outDType} for ${x.dtype} operands, got ${out.dtype}`);
   }
@@ -363,12 +450,21 @@ const INT32_MAX = 2147483647;
 const UINT32_MAX = 4294967295;
 
 /** float -> int32: truncate toward zero, saturate, NaN -> 0. */
-const floatToInt32 = (v: number): number =>
-  v !== v ? 0 : v <= INT32_MIN ? INT32_MIN : v >= INT32_MAX ? INT32_MAX : Math.trunc(v);
+const floatToInt32Row: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) {
+    const v = a[ia]!;
+    o[io + i] = v !== v ? 0 : v <= INT32_MIN ? INT32_MIN : v >= INT32_MAX ? INT32_MAX : Math.trunc(v);
+  }
+};
 /** float -> uint32: truncate toward zero, saturate (negatives -> 0), NaN -> 0. */
-const floatToUint32 = (v: number): number => (v !== v || v <= 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX : Math.trunc(v));
+const floatToUint32Row: Row1 = (n, o, io, a, ia, sa) => {
+  for (let i = 0; i < n; i++, ia += sa) {
+    const v = a[ia]!;
+    o[io + i] = v !== v || v <= 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX : Math.trunc(v);
+  }
+};
 const toBoolRow: Row1 = (n, o, io, a, ia, sa) => {
-  for (let i = 0; i < n; i++, ia += sa) o[io + i] = a[ia] !== 0 ? 1 : 0;
+  for (let i = 0; i < n; i++, ia += sa) o[io + i] = +(a[ia] !== 0);
 };
 
 /**
@@ -379,8 +475,8 @@ export function cast(x: CpuBuffer, dtype: DType): CpuBuffer {
   const from = x.dtype;
   let row: Row1;
   if (dtype === "bool") row = toBoolRow;
-  else if (isFloat(from) && dtype === "int32") row = rowOf1(floatToInt32);
-  else if (isFloat(from) && dtype === "uint32") row = rowOf1(floatToUint32);
+  else if (isFloat(from) && dtype === "int32") row = floatToInt32Row;
+  else if (isFloat(from) && dtype === "uint32") row = floatToUint32Row;
   else row = copyRow; // to float (rounded by the store), int <-> int (wraps), bool -> number
   return map1(x, dtype, row);
 }

@@ -42,7 +42,10 @@ import { threefry2x32 } from "./threefry.js";
 export { CpuBuffer } from "./buffer.js";
 export { erf, erfc, erfInv } from "./math.js";
 
-/** Host data as storage for `dtype`: a copy, converted by value when the array type differs. */
+/**
+ * Host data as storage for `out.dtype`: always a copy. When the array type differs it is converted as
+ * typed arrays convert (to float: by value; to int: truncated and wrapped; to bool: `!= 0`).
+ */
 function hostToStorage(op: string, data: AnyTypedArray, out: OutType): AnyTypedArray {
   checkShape(op, out.shape);
   const size = shapeSize(out.shape);

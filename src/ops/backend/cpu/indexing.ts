@@ -129,7 +129,9 @@ export function scatterAdd(
   expectDType("scatter_add", "updates of the operand's dtype", operand.dtype, updates.dtype);
   const out = materialize(operand);
   if (updates.size === 0) return out;
-  if (L.len === 0) throw new ShapeError(`scatter_add: a non-empty axis ${axis}, got operand ${shapeStr(operand.shape)}`);
+  if (L.len === 0) {
+    throw new ShapeError(`scatter_add: a non-empty axis ${axis}, got operand ${shapeStr(operand.shape)}`);
+  }
   const od = out.data;
   const ud = contiguousData(updates);
   const id = contiguousData(idx);
@@ -165,7 +167,8 @@ function readStart(op: string, s: CpuBuffer): number {
 function clampedStarts(op: string, shape: Shape, starts: readonly CpuBuffer[], sizes: Shape): number[] {
   if (starts.length !== shape.length || sizes.length !== shape.length) {
     throw new ShapeError(
-      `${op}: one start and size per dim of ${shapeStr(shape)}, got ${starts.length} starts and sizes ${shapeStr(sizes)}`,
+      `${op}: one start and size per dim of ${shapeStr(shape)}, ` +
+        `got ${starts.length} starts and sizes ${shapeStr(sizes)}`,
     );
   }
   return shape.map((n, d) => {

@@ -10,6 +10,7 @@
  * blocks of 4-row panels (both as Float64Array, so the micro-kernel sees one array type and float32
  * inputs are widened once), and a 4 x 4 register tile accumulates 16 doubles per k step. C accumulates
  * in a Float64Array, so float32 products are summed in double across all of K and rounded once.
+ * Small or skinny products (M or N below the tile, or few flops) skip packing (`gemmSmall`).
  * Integer products wrap (Math.imul) and use a plain i-k-j loop.
  */
 import { shapeSize, shapeStr, type Shape } from "../../../autodiff/aval.js";
@@ -71,8 +72,8 @@ function checkDims(x: CpuBuffer, y: CpuBuffer, dims: DotDims): void {
   if (!valid([...lc, ...lb], x.ndim) || !valid([...rc, ...rb], y.ndim)) {
     fail("distinct in-range batch and contracting axes");
   }
-  lc.forEach((a, i) => x.shape[a] !== y.shape[rc[i]!] && fail("equal contracting sizes"));
-  lb.forEach((a, i) => x.shape[a] !== y.shape[rb[i]!] && fail("equal batch sizes"));
+  for (let i = 0; i < lc.length; i++) if (x.shape[lc[i]!] !== y.shape[rc[i]!]) fail("equal contracting sizes");
+  for (let i = 0; i < lb.length; i++) if (x.shape[lb[i]!] !== y.shape[rb[i]!]) fail("equal batch sizes");
 }
 
 /** Generalised batched matrix product (see DotDims); output is [batch, lhs free, rhs free]. */
@@ -85,12 +86,13 @@ export function dotGeneral(x: CpuBuffer, y: CpuBuffer, dims: DotDims, out: OutTy
   const [lb, rb] = dims.batch;
   const lFree = x.shape.map((_, d) => d).filter((d) => !lc.includes(d) && !lb.includes(d));
   const rFree = y.shape.map((_, d) => d).filter((d) => !rc.includes(d) && !rb.includes(d));
-  const outShape: Shape = [...lb.map((a) => x.shape[a]!), ...lFree.map((a) => x.shape[a]!), ...rFree.map((a) => y.shape[a]!)];
+  const sizes = (s: Shape, axes: readonly number[]): number[] => axes.map((a) => s[a]!);
+  const outShape: Shape = [...sizes(x.shape, lb), ...sizes(x.shape, lFree), ...sizes(y.shape, rFree)];
   expectShape("dot_general", "output shape", outShape, out.shape);
-  const nb = shapeSize(lb.map((a) => x.shape[a]!));
-  const m = shapeSize(lFree.map((a) => x.shape[a]!));
-  const n = shapeSize(rFree.map((a) => y.shape[a]!));
-  const k = shapeSize(lc.map((a) => x.shape[a]!));
+  const nb = shapeSize(sizes(x.shape, lb));
+  const m = shapeSize(sizes(x.shape, lFree));
+  const n = shapeSize(sizes(y.shape, rFree));
+  const k = shapeSize(sizes(x.shape, lc));
   const size = nb * m * n;
   if (size === 0 || k === 0) return CpuBuffer.zeros({ shape: outShape, dtype: x.dtype });
 
@@ -115,31 +117,56 @@ export function dotGeneral(x: CpuBuffer, y: CpuBuffer, dims: DotDims, out: OutTy
   return new CpuBuffer(x.dtype === "float32" ? new Float32Array(c) : c, x.dtype, outShape);
 }
 
-/** C[co + i·N + j] += Σ_k A[i, k]·B[k, j] with a plain loop (small or skinny products). */
-function gemmSmall(M: number, N: number, K: number, A: Matrix, ao: number, B: Matrix, bo: number, c: Float64Array, co: number): void {
+/**
+ * C[co + i·N + j] += Σ_k A[i, k]·B[k, j] without packing, for small or skinny products. Thin outputs
+ * (N < 4) are dot products along K; otherwise B is streamed once, four rows of K at a time, each
+ * update of a C row adding four products (a quarter of the C loads / stores of a plain i-k-j loop).
+ */
+function gemmSmall(
+  M: number, N: number, K: number, A: Matrix, ao: number, B: Matrix, bo: number, c: Float64Array, co: number,
+): void {
   const a = A.data;
   const b = B.data;
   const { sRow: ars, sCol: acs } = A;
   const { sRow: brs, sCol: bcs } = B;
-  if (N === 1) {
+  if (N < NR) {
     for (let i = 0; i < M; i++) {
-      let s = 0;
-      for (let k = 0, ai = ao + i * ars, bi = bo; k < K; k++, ai += acs, bi += brs) s += a[ai]! * b[bi]!;
-      c[co + i] += s;
+      for (let j = 0; j < N; j++) {
+        let s = 0;
+        for (let k = 0, ai = ao + i * ars, bi = bo + j * bcs; k < K; k++, ai += acs, bi += brs) s += a[ai]! * b[bi]!;
+        c[co + i * N + j] += s;
+      }
     }
     return;
   }
-  for (let i = 0; i < M; i++) {
-    const ci = co + i * N;
-    for (let k = 0; k < K; k++) {
+  let k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const b0 = bo + k * brs;
+    for (let i = 0; i < M; i++) {
+      const ai = ao + i * ars + k * acs;
+      const a0 = a[ai]!;
+      const a1 = a[ai + acs]!;
+      const a2 = a[ai + 2 * acs]!;
+      const a3 = a[ai + 3 * acs]!;
+      const ci = co + i * N;
+      for (let j = 0, p = b0; j < N; j++, p += bcs) {
+        c[ci + j] += a0 * b[p]! + a1 * b[p + brs]! + a2 * b[p + 2 * brs]! + a3 * b[p + 3 * brs]!;
+      }
+    }
+  }
+  for (; k < K; k++) {
+    for (let i = 0; i < M; i++) {
       const av = a[ao + i * ars + k * acs]!;
-      for (let j = 0, bi = bo + k * brs; j < N; j++, bi += bcs) c[ci + j] += av * b[bi]!;
+      const ci = co + i * N;
+      for (let j = 0, p = bo + k * brs; j < N; j++, p += bcs) c[ci + j] += av * b[p]!;
     }
   }
 }
 
 /** Wrapping integer product (int32 arithmetic; uint32 shares the bit patterns). */
-function gemmInt(M: number, N: number, K: number, A: Matrix, ao: number, B: Matrix, bo: number, c: Int32Array, co: number): void {
+function gemmInt(
+  M: number, N: number, K: number, A: Matrix, ao: number, B: Matrix, bo: number, c: Int32Array, co: number,
+): void {
   const a = A.data;
   const b = B.data;
   for (let i = 0; i < M; i++) {
@@ -157,7 +184,9 @@ let bPack = new Float64Array(KC * NR * 64);
 const edgeTile = new Float64Array(MR * NR);
 
 /** Packs an mc x kc block of A (at `base`) into 4-row panels: panel p holds [k][i] for rows 4p..4p+3. */
-function packA(a: AnyTypedArray, base: number, rs: number, cs: number, mc: number, kc: number, dst: Float64Array): void {
+function packA(
+  a: AnyTypedArray, base: number, rs: number, cs: number, mc: number, kc: number, dst: Float64Array,
+): void {
   for (let ir = 0; ir < mc; ir += MR) {
     let p = ir * kc;
     const mr = Math.min(MR, mc - ir);
@@ -181,7 +210,9 @@ function packA(a: AnyTypedArray, base: number, rs: number, cs: number, mc: numbe
 }
 
 /** Packs a kc x nc block of B (at `base`) into 4-column panels: panel p holds [k][j] for cols 4p..4p+3. */
-function packB(b: AnyTypedArray, base: number, rs: number, cs: number, kc: number, nc: number, dst: Float64Array): void {
+function packB(
+  b: AnyTypedArray, base: number, rs: number, cs: number, kc: number, nc: number, dst: Float64Array,
+): void {
   for (let jr = 0; jr < nc; jr += NR) {
     let p = jr * kc;
     const nr = Math.min(NR, nc - jr);
@@ -204,7 +235,9 @@ function packB(b: AnyTypedArray, base: number, rs: number, cs: number, kc: numbe
  * The 4 x 4 register tile: C[cOff + i·ldc + j] += Σ_k Ap[ai + 4k + i]·Bp[bi + 4k + j]. All three arrays
  * are Float64Array so V8 compiles one monomorphic loop with the 16 sums in registers / stack slots.
  */
-function micro4x4(kc: number, ap: Float64Array, ai: number, bp: Float64Array, bi: number, c: Float64Array, cOff: number, ldc: number): void {
+function micro4x4(
+  kc: number, ap: Float64Array, ai: number, bp: Float64Array, bi: number, c: Float64Array, cOff: number, ldc: number,
+): void {
   let c00 = 0, c01 = 0, c02 = 0, c03 = 0;
   let c10 = 0, c11 = 0, c12 = 0, c13 = 0;
   let c20 = 0, c21 = 0, c22 = 0, c23 = 0;
@@ -235,7 +268,9 @@ function micro4x4(kc: number, ap: Float64Array, ai: number, bp: Float64Array, bi
 }
 
 /** C[co + i·N + j] += (A·B)[i, j] with packing and 4 x 4 register tiles. */
-function gemmPacked(M: number, N: number, K: number, A: Matrix, ao: number, B: Matrix, bo: number, c: Float64Array, co: number): void {
+function gemmPacked(
+  M: number, N: number, K: number, A: Matrix, ao: number, B: Matrix, bo: number, c: Float64Array, co: number,
+): void {
   const ldc = N;
   const ncMax = Math.min(NC, Math.ceil(N / NR) * NR);
   if (bPack.length < KC * ncMax) bPack = new Float64Array(KC * ncMax);

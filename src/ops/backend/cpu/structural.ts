@@ -150,7 +150,9 @@ export function pad(
 ): CpuBuffer {
   const nd = x.ndim;
   if (lo.length !== nd || hi.length !== nd || interior.length !== nd) {
-    throw new ShapeError(`pad: ${nd} lo, hi and interior widths, got ${lo.length}, ${hi.length} and ${interior.length}`);
+    throw new ShapeError(
+      `pad: ${nd} lo, hi and interior widths, got ${lo.length}, ${hi.length} and ${interior.length}`,
+    );
   }
   const outShape: number[] = [];
   for (let d = 0; d < nd; d++) {
@@ -162,7 +164,8 @@ export function pad(
     const size = lo[d]! + hi[d]! + n + Math.max(n - 1, 0) * gap;
     if (size < 0) {
       throw new ShapeError(
-        `pad: a non-negative output size on dim ${d}, got ${size} from lo ${lo[d]}, hi ${hi[d]} on ${shapeStr(x.shape)}`,
+        `pad: a non-negative output size on dim ${d}, ` +
+          `got ${size} from lo ${lo[d]}, hi ${hi[d]} on ${shapeStr(x.shape)}`,
       );
     }
     outShape.push(size);
