@@ -22,9 +22,9 @@ import {
   Value,
 } from "./core.js";
 import { ArgumentError, DTypeError, ShapeError } from "./errors.js";
-import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, outputsDependOn, traceToJaxpr } from "./jaxpr.js";
+import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, JaxprEqn, outputsDependOn, traceToJaxpr, Var } from "./jaxpr.js";
 import { bindCall, CallParams, callJvpRule, callVmapRule, hoistConsts, vmapJaxpr } from "./call.js";
-import { partialEvalFlat, PartialEvalTrace, PartialEvalTracer, PartialVal } from "./partial-eval.js";
+import { partialEvalFlat, partialEvalJaxprRules, PartialEvalTrace, PartialEvalTracer, PartialVal } from "./partial-eval.js";
 import { transposeClosed } from "./transpose.js";
 import { flatten, TreeDef, treedefEqual, treedefStr, unflatten } from "./tree.js";
 import { BDim, moveBatchAxis, vmapFlatAxis0 } from "./vmap.js";
@@ -379,6 +379,35 @@ export const checkpointP: Primitive<CheckpointParams> = definePrimitiveRules<Che
   },
   printParams: (p) => `name=${p.name}`,
 });
+
+/**
+ * Syntactic partial evaluation of a checkpoint equation (inside control-flow bodies): a known
+ * checkpoint computes the known outputs; the unknown one recomputes from the inputs (saving only the
+ * inputs is the point of checkpoint), as checkpointP.partialEval does.
+ */
+function checkpointPartialEvalJaxpr(unknownsIn: readonly boolean[], eqn: JaxprEqn) {
+  const p = eqn.params as { jaxpr: Jaxpr; numConsts: number; name: string };
+  const unknownsOut = outputsDependOn(p.jaxpr, unknownsIn);
+  let knownEqn: JaxprEqn | null = null;
+  if (unknownsOut.some((u) => !u)) {
+    const [jk, used] = dce(p.jaxpr, unknownsOut.map((u) => !u));
+    knownEqn = {
+      prim: checkpointP,
+      inputs: eqn.inputs.filter((_, i) => used[i]),
+      params: { ...p, numConsts: 0, jaxpr: new Jaxpr([], jk.invars.filter((_, i) => used[i]), jk.eqns, jk.outs) },
+      outBinders: eqn.outBinders.filter((_, i) => !unknownsOut[i]),
+    };
+  }
+  let unknownEqn: JaxprEqn | null = null;
+  if (unknownsOut.some(Boolean)) {
+    const [ju] = dce(p.jaxpr, unknownsOut);
+    unknownEqn = { prim: checkpointP, inputs: eqn.inputs, params: { ...p, jaxpr: ju }, outBinders: eqn.outBinders.filter((_, i) => unknownsOut[i]) };
+  }
+  const residuals = unknownEqn ? eqn.inputs.filter((a, i): a is Var => a instanceof Var && !unknownsIn[i]) : [];
+  return { known: knownEqn, unknown: unknownEqn, unknownsOut, residuals };
+}
+
+partialEvalJaxprRules.set(checkpointP, checkpointPartialEvalJaxpr);
 
 /**
  * `checkpoint(f)`: same values as `f`; under reverse mode, `f`'s intermediates are not kept for the

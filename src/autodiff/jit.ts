@@ -8,7 +8,8 @@
 import { ShapedArray } from "./aval.js";
 import { Concrete, definePrimitiveRules, hooks, isTracer, Primitive, Trace, Tracer, Value } from "./core.js";
 import { ArgumentError } from "./errors.js";
-import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, printJaxpr, traceToJaxpr } from "./jaxpr.js";
+import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, JaxprEqn, printJaxpr, traceToJaxpr, Var } from "./jaxpr.js";
+import { partialEvalJaxpr, partialEvalJaxprRules } from "./partial-eval.js";
 import { bindCall, CallParams, callJvpRule, callVmapRule } from "./call.js";
 import { backwardPass } from "./transpose.js";
 import { flatten, TreeDef, treedefStr, unflatten } from "./tree.js";
@@ -60,6 +61,36 @@ export const jitP: Primitive<JitParams> = definePrimitiveRules<JitParams>({
     evalJaxpr(p.jaxpr, [], tracers).map((v) => trace.fullRaise(v)),
   printParams: (p) => `name=${p.name} jaxpr=${indentJaxpr(p.jaxpr)}`,
 });
+
+/**
+ * Syntactic partial evaluation of a jit equation (inside control-flow bodies under reverse mode): a
+ * known jit computes the known outputs and the residuals, an unknown jit consumes them (JAX's rule for
+ * pjit).
+ */
+function jitPartialEvalJaxpr(unknownsIn: readonly boolean[], eqn: JaxprEqn) {
+  const p = eqn.params as JitParams;
+  const pe = partialEvalJaxpr(p.jaxpr, unknownsIn, false);
+  const known = pe.known;
+  const resBinders = known.outs.slice(known.outs.length - pe.numRes).map((a) => new Var(a.aval));
+  const knownEqn: JaxprEqn = {
+    prim: jitP,
+    inputs: eqn.inputs.filter((_, i) => !unknownsIn[i]),
+    params: { ...p, jaxpr: known, numConsts: 0, donated: [] } satisfies JitParams,
+    outBinders: [...eqn.outBinders.filter((_, i) => !pe.unknownsOut[i]), ...resBinders],
+  };
+  const anyUnknown = pe.unknownsOut.some(Boolean);
+  const unknownEqn: JaxprEqn | null = anyUnknown
+    ? {
+        prim: jitP,
+        inputs: [...resBinders, ...eqn.inputs.filter((_, i) => unknownsIn[i])],
+        params: { ...p, jaxpr: pe.unknown, numConsts: 0, donated: [] } satisfies JitParams,
+        outBinders: eqn.outBinders.filter((_, i) => pe.unknownsOut[i]),
+      }
+    : null;
+  return { known: knownEqn, unknown: unknownEqn, unknownsOut: pe.unknownsOut, residuals: anyUnknown ? resBinders : [] };
+}
+
+partialEvalJaxprRules.set(jitP, jitPartialEvalJaxpr);
 
 function indentJaxpr(j: Jaxpr): string {
   return printJaxpr(j).split("\n").join("\n      ");

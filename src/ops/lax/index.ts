@@ -9,3 +9,5 @@ export * from "./dot.js";
 export * from "./indexing.js";
 export * from "./sort.js";
 export * from "./random-bits.js";
+export { scan, cond, switchCase as switch, whileLoop, fori } from "../control-flow.js";
+export type { ScanOptions } from "../control-flow.js";
