@@ -64,8 +64,10 @@ export function jvpFlat(
   fn: (...xs: Value[]) => readonly unknown[],
   primals: readonly Value[],
   tangents: readonly MaybeZero[],
+  /** The user-facing transform, for error messages (grad and vjp run through here too). */
+  transformName = "jvp",
 ): [Value[], MaybeZero[]] {
-  return withNewMain(JVPTrace, null, "jvp", (main: MainTrace) => {
+  return withNewMain(JVPTrace, null, transformName, (main: MainTrace) => {
     const trace = new JVPTrace(main);
     const tracersIn = primals.map((p, i) => new JVPTracer(trace, p, hasTangentSpace(p.aval) ? tangents[i]! : null));
     const outs = fn(...tracersIn);

@@ -177,10 +177,14 @@ export function partialEvalFlat(
  * Linearizes a flat function at `primals`: the primal outputs, and the jaxpr of the linear map from
  * input tangents to output tangents (with its constants, the residuals).
  */
-export function linearizeFlat(fn: (...xs: Value[]) => readonly unknown[], primals: readonly Value[]): [Value[], ClosedJaxpr] {
+export function linearizeFlat(
+  fn: (...xs: Value[]) => readonly unknown[],
+  primals: readonly Value[],
+  transformName = "linearize",
+): [Value[], ClosedJaxpr] {
   const n = primals.length;
   const fJvp = (...xs: Value[]): Value[] => {
-    const [po, to] = jvpFlat(fn, xs.slice(0, n), xs.slice(n));
+    const [po, to] = jvpFlat(fn, xs.slice(0, n), xs.slice(n), transformName);
     return [...po, ...to.map((t, i) => instantiate(t, po[i]!.aval))];
   };
   const pvalsIn = [

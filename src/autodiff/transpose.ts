@@ -105,7 +105,12 @@ export function vjp<R = any>(f: (...args: any[]) => R, ...primals: unknown[]): [
 }
 
 /** vjp with `hasAux`: f returns [out, aux]; aux is returned untouched (not differentiated). */
-export function vjpWithAux(f: (...args: any[]) => any, hasAux: boolean, primals: readonly unknown[]): [any, (ct: any) => any[], any] {
+export function vjpWithAux(
+  f: (...args: any[]) => any,
+  hasAux: boolean,
+  primals: readonly unknown[],
+  transformName = "vjp",
+): [any, (ct: any) => any[], any] {
   const [xs, inDef] = flattenArgs("vjp", primals);
   let outDef: TreeDef | undefined;
   let auxDef: TreeDef | undefined;
@@ -132,7 +137,7 @@ export function vjpWithAux(f: (...args: any[]) => any, hasAux: boolean, primals:
   };
   let auxIsArray: boolean[] = [];
   let auxOther: unknown[] = [];
-  const [outsAll, linJaxpr] = linearizeFlat(flatFn, xs);
+  const [outsAll, linJaxpr] = linearizeFlat(flatFn, xs, transformName);
   const outs = outsAll.slice(0, numOut);
   const outAvals = outs.map((o) => o.aval);
   const vjpFn = (ct: unknown): any[] => {
@@ -193,7 +198,7 @@ function valueAndGradImpl(what: string, f: (...args: any[]) => any, opts: GradOp
     nums.forEach((k, i) => (full[k] = diff[i]));
     return f(...full);
   };
-  const [out, vjpFn, aux] = vjpWithAux(g, !!opts.hasAux, nums.map((k) => args[k]));
+  const [out, vjpFn, aux] = vjpWithAux(g, !!opts.hasAux, nums.map((k) => args[k]), what);
   const [ol] = flatten(out);
   if (ol.length !== 1) {
     throw new ShapeError(
