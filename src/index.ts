@@ -10,6 +10,10 @@ export * as nn from "./nn/activations.js";
 export * as lax from "./ops/lax/index.js";
 export * as random from "./ops/random.js";
 export * as tree from "./autodiff/tree.js";
+export * as palm from "./nn/palm.js";
+export * as lora from "./nn/lora.js";
+export * as losses from "./nn/losses.js";
+export * as optim from "./nn/optim.js";
 
 export { Array } from "./ops/array.js";
 export type { Device, NestedArray } from "./ops/array.js";
