@@ -4,7 +4,7 @@
  */
 import { ShapedArray } from "./aval.js";
 import { bind, fullLower, hooks, MainTrace, Primitive, Trace, Tracer, Value, withNewMain } from "./core.js";
-import { ArgumentError, ShapeError } from "./errors.js";
+import { ArgumentError, ShapeError, TreeMismatchError } from "./errors.js";
 import { broadcastPrefix, flatten, TreeDef, unflatten } from "./tree.js";
 
 export type BDim = number | null;
@@ -115,7 +115,7 @@ export function vmap<F extends (...args: any[]) => any>(f: F, opts: VmapOptions 
   const outAxes = opts.outAxes === undefined ? 0 : opts.outAxes;
   return ((...args: unknown[]) => {
     if (Array.isArray(inAxes) && inAxes.length !== args.length) {
-      throw new ArgumentError(
+      throw new TreeMismatchError(
         `vmap: inAxes has ${inAxes.length} entries but the function was called with ${args.length} arguments` +
           `\nTip: give one axis (or null) per positional argument, or a single number for all`,
       );

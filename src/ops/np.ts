@@ -214,7 +214,18 @@ export const multiply = binary("multiply", lax.mul);
 /** True division: integers divide as float32. */
 export const divide = binary("divide", lax.div, true);
 export const trueDivide = divide;
-export const power = binary("power", lax.pow);
+const powerGeneral = binary("power", lax.pow);
+/**
+ * x ** y. A JS integer exponent uses integer_pow (repeated squaring: exact, and differentiable at
+ * x = 0), as jnp.power does for Python ints; anything else uses pow.
+ */
+export function power(x: ArrayLike, y: ArrayLike): Value {
+  if (typeof y === "number" && Number.isInteger(y) && Math.abs(y) <= 1 << 16) {
+    const v = asArray(x, "np.power");
+    if (y >= 0 || isFloat(v.aval.dtype)) return lax.integerPow(v, y);
+  }
+  return powerGeneral(x, y);
+}
 export const maximum = binary("maximum", lax.max);
 export const minimum = binary("minimum", lax.min);
 export const arctan2 = binary("arctan2", lax.atan2, true);

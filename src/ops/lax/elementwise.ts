@@ -7,7 +7,7 @@ import { DType, isFloat, ShapedArray } from "../../autodiff/aval.js";
 import { addTangents, bind1, MaybeZero, nonlinear, UndefinedPrimal, Value } from "../../autodiff/core.js";
 import { DTypeError } from "../../autodiff/errors.js";
 import { scalar } from "../array.js";
-import { BinaryOp, COMPARISON_OPS, UnaryOp } from "../backend/kernel.js";
+import { BinaryOp, COMPARISON_OPS, KernelBuilder, OutType, UnaryOp } from "../backend/kernel.js";
 import { checkDType } from "../dtype.js";
 import { definePrimitive, OpsPrimitive } from "../primitive.js";
 import { broadcastInDim } from "./structural.js";
@@ -258,6 +258,53 @@ export const lt = bin(ltP);
 export const le = bin(leP);
 export const gt = bin(gtP);
 export const ge = bin(geP);
+
+// ---------------------------------------------------------------------------------------------------
+// integer_pow: x^y for a static integer y, by repeated squaring (exact, and differentiable at x = 0
+// to any order, unlike pow's x^(y-1)·log(x) form), as JAX's lax.integer_pow.
+
+interface IntegerPowParams {
+  readonly y: number;
+}
+
+export const integerPowP: OpsPrimitive<IntegerPowParams> = definePrimitive<IntegerPowParams>({
+  name: "integer_pow",
+  abstractEval: ([x], p) => {
+    checkDtypeClass("integer_pow", x!.dtype, "number");
+    if (!Number.isInteger(p.y)) throw new DTypeError(`integer_pow: exponent must be an integer, got ${p.y}`);
+    if (p.y < 0 && !isFloat(x!.dtype)) throw new DTypeError(`integer_pow: negative exponent ${p.y} needs a float base, got ${x!.dtype}`);
+    return [x!];
+  },
+  jvp: ([x], [t], p) => {
+    const out = bind1(integerPowP, [x!], p);
+    if (t === null || p.y === 0) return [[out], [null]];
+    // d x^y = y·x^(y-1)·ẋ
+    const d = p.y === 1 ? t! : mul(t!, mul(c(x!, p.y), bind1(integerPowP, [x!], { y: p.y - 1 })));
+    return [[out], [d]];
+  },
+  transpose: nonlinear,
+  vmap: ([x], [d], p) => [[bind1(integerPowP, [x!], p)], [d!]],
+  lower: (b, [x], p, [a]) => [lowerIntegerPow(b, x!, p.y, { shape: a!.shape, dtype: a!.dtype })],
+  printParams: (p) => `y=${p.y}`,
+});
+
+function lowerIntegerPow<H>(b: KernelBuilder<H>, x: H, y: number, out: OutType): H {
+  let n = Math.abs(y);
+  let acc: H | null = null;
+  let base = x;
+  while (n > 0) {
+    if (n & 1) acc = acc === null ? base : b.binary("mul", acc, base, out);
+    n >>= 1;
+    if (n > 0) base = b.binary("mul", base, base, out);
+  }
+  const pos = acc ?? b.full(out, 1);
+  return y < 0 ? b.binary("div", b.full(out, 1), pos, out) : pos;
+}
+
+/** x^y for a static integer y. */
+export function integerPow(x: Value, y: number): Value {
+  return bind1(integerPowP, [x], { y });
+}
 
 // ---------------------------------------------------------------------------------------------------
 // select_n: JAX's operand order, (pred, onFalse, onTrue)

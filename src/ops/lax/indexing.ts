@@ -119,9 +119,12 @@ function checkStarts(name: string, x: ShapedArray, starts: readonly ShapedArray[
 
 /** Clamps a start index so that a window of `size` fits in `dim`, as XLA does. */
 function clampStart(s: Value, dim: number, size: number): Value {
-  const si = convert(s, "int32");
-  const shape = si.aval.shape; // [] for a plain start, [B] for a batched one
-  return max(full(shape, 0, "int32"), min(si, full(shape, Math.max(dim - size, 0), "int32")));
+  const shape = s.aval.shape; // [] for a plain start, [B] for a batched one
+  const hi = Math.max(dim - size, 0);
+  // Clamp unsigned starts in their own domain first, so huge uint32 values clamp high (as XLA does).
+  const su = s.aval.dtype === "uint32" ? min(s, full(shape, hi, "uint32")) : s;
+  const si = convert(su, "int32");
+  return max(full(shape, 0, "int32"), min(si, full(shape, hi, "int32")));
 }
 
 /** For batched starts: per-axis gathers with indices s + iota(size) (clamped). */
@@ -198,6 +201,7 @@ export const dynamicUpdateSliceP: OpsPrimitive<{}> = definePrimitive<{}>({
     if (ds.every((d) => d === null)) {
       return [[bind1(dynamicUpdateSliceP, [x0, u0, scalar(0, "int32", false), ...starts], {})], [0]];
     }
+    if (u0.aval.size === 0) return [[x0], [0]]; // an empty update changes nothing
     // Batched offsets: place the update with per-axis gathers and a mask, then select.
     const shape = x0.aval.shape.slice(1);
     const full0 = x0.aval.shape;

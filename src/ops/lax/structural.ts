@@ -4,7 +4,7 @@
  */
 import { DType, Shape, ShapedArray, shapeSize, shapeStr } from "../../autodiff/aval.js";
 import { bind1, MaybeZero, nonlinear, UndefinedPrimal, Value } from "../../autodiff/core.js";
-import { ShapeError } from "../../autodiff/errors.js";
+import { DTypeError, ShapeError } from "../../autodiff/errors.js";
 import { definePrimitive, OpsPrimitive } from "../primitive.js";
 import { full } from "./elementwise.js";
 import { reduceSum } from "./reduce.js";
@@ -299,7 +299,7 @@ export const concatenateP: OpsPrimitive<ConcatParams> = definePrimitive<ConcatPa
         );
       }
       if (a.dtype !== a0.dtype) {
-        throw new ShapeError(`concatenate: arrays must share a dtype, got ${avals.map((x) => x.dtype).join(", ")}`);
+        throw new DTypeError(`concatenate: arrays must share a dtype, got ${avals.map((x) => x.dtype).join(", ")}`);
       }
       total += a.shape[d]!;
     }
