@@ -192,10 +192,15 @@ export class Array {
   }
   toString(): string {
     if (this.device.backend.readSync && this.size <= 1000) {
-      return `Array(${JSON.stringify(this.toArraySync())}, dtype=${this.dtype})`;
+      return `Array(${formatNested(this.toArraySync())}, dtype=${this.dtype})`;
     }
     return `Array(shape=${shapeStr(this.shape)}, dtype=${this.dtype}, device=${this.device.id})`;
   }
+}
+
+/** Nested lists as text, keeping NaN and ±Infinity (which JSON would turn into null). */
+function formatNested(x: NestedArray): string {
+  return globalThis.Array.isArray(x) ? `[${x.map(formatNested).join(",")}]` : String(x);
 }
 
 function itemOf(a: Array, d: AnyTypedArray): number | boolean {

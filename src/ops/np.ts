@@ -221,7 +221,8 @@ const powerGeneral = binary("power", lax.pow);
  */
 export function power(x: ArrayLike, y: ArrayLike): Value {
   if (typeof y === "number" && Number.isInteger(y) && Math.abs(y) <= 1 << 16) {
-    const v = asArray(x, "np.power");
+    let v = asArray(x, "np.power");
+    if (v.aval.dtype === "bool") v = lax.convert(v, "int32", true); // bool ⊔ weak int = weak int32
     if (y >= 0 || isFloat(v.aval.dtype)) return lax.integerPow(v, y);
   }
   return powerGeneral(x, y);

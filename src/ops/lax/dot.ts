@@ -46,8 +46,8 @@ export const dotGeneralP: OpsPrimitive<DotParams> = definePrimitive<DotParams>({
     const lf = remaining(x!.ndim, lc, lb);
     const rf = remaining(y!.ndim, rc, rb);
     const shape = [...lb.map((a) => x!.shape[a]!), ...lf.map((a) => x!.shape[a]!), ...rf.map((a) => y!.shape[a]!)];
-    const dtype = x!.dtype === "bool" ? "int32" : x!.dtype;
-    return [new ShapedArray(shape, dtype, x!.weakType && y!.weakType)];
+    // bool stays bool (logical or of ands), as jnp.dot and numpy do.
+    return [new ShapedArray(shape, x!.dtype, x!.weakType && y!.weakType)];
   },
   jvp: ([x, y], [tx, ty], p) => {
     const out = bind1(dotGeneralP, [x!, y!], p);
@@ -84,9 +84,11 @@ export const dotGeneralP: OpsPrimitive<DotParams> = definePrimitive<DotParams>({
     const lFree = x!.aval.ndim - lc.length - lb.length;
     return [[bind1(dotGeneralP, [x!, bdimTo0(y!, dy!)], { dims: nd })], [lb.length + lFree]];
   },
-  // bool operands contract as int32 (the output dtype), as the kernel contract requires.
+  // bool contracts as int32 (counts of true pairs), then `!= 0`.
   lower: (b, [x, y], p, [ax], [out]) =>
-    ax!.dtype === "bool" ? [b.dotGeneral(b.cast(x!, "int32"), b.cast(y!, "int32"), p.dims, out!)] : [b.dotGeneral(x!, y!, p.dims, out!)],
+    ax!.dtype === "bool"
+      ? [b.cast(b.dotGeneral(b.cast(x!, "int32"), b.cast(y!, "int32"), p.dims, { shape: out!.shape, dtype: "int32" }), "bool")]
+      : [b.dotGeneral(x!, y!, p.dims, out!)],
   printParams: ({ dims }) => {
     const t = (a: readonly number[]) => `(${a.join(", ")}${a.length === 1 ? "," : ""})`;
     return `dimension_numbers=((${t(dims.contracting[0])}, ${t(dims.contracting[1])}), (${t(dims.batch[0])}, ${t(dims.batch[1])}))`;
