@@ -14,6 +14,7 @@ export * as palm from "./nn/palm.js";
 export * as lora from "./nn/lora.js";
 export * as losses from "./nn/losses.js";
 export * as optim from "./nn/optim.js";
+export * as generate from "./nn/generate.js";
 
 export { Array } from "./ops/array.js";
 export type { Device, NestedArray } from "./ops/array.js";
