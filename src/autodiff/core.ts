@@ -362,6 +362,10 @@ export interface CoreHooks {
   convert(x: Value, aval: ShapedArray): Value;
   /** A concrete scalar/array value of a constant for printing in jaxprs (small arrays only), or null. */
   literalValue(x: Value): number | boolean | null;
+  /** What else a cached trace depends on (the default device its constants were made on). */
+  contextKey(): string;
+  /** Releases a concrete array's buffer early (no-op for tracers and permanent constants). */
+  release(x: Value): void;
   /** Splits along axis 0 (iteration over an array yields its rows, as in JAX and numpy). */
   unstack(x: Value): Value[];
   /** Whether this value is a concrete array of the ops layer. */

@@ -6,9 +6,9 @@
  * jaxpr itself, so `jit(grad(f))`, `grad(jit(f))` and `vmap(jit(f))` all stay staged.
  */
 import { ShapedArray } from "./aval.js";
-import { Concrete, definePrimitiveRules, hooks, isTracer, Primitive, Trace, Tracer, Value } from "./core.js";
+import { bind, Concrete, definePrimitiveRules, hooks, isTracer, Primitive, Trace, Tracer, Value } from "./core.js";
 import { ArgumentError } from "./errors.js";
-import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, JaxprEqn, printJaxpr, traceToJaxpr, Var } from "./jaxpr.js";
+import { Atom, ClosedJaxpr, dce, evalJaxpr, Jaxpr, JaxprEqn, Literal, printJaxpr, traceToJaxpr, Var } from "./jaxpr.js";
 import { partialEvalJaxpr, partialEvalJaxprRules } from "./partial-eval.js";
 import { bindCall, CallParams, callJvpRule, callVmapRule } from "./call.js";
 import { backwardPass } from "./transpose.js";
@@ -25,7 +25,56 @@ export interface JitParams extends CallParams {
 /** Runs a jitted jaxpr on concrete arguments. The default interprets it; compilers replace this. */
 export type JitExecutor = (jaxpr: Jaxpr, args: readonly Concrete[], params: JitParams) => Concrete[];
 
-const interpret: JitExecutor = (jaxpr, args) => evalJaxpr(jaxpr, [], args) as Concrete[];
+/**
+ * The default executor: interprets the jaxpr eagerly, releasing each intermediate right after its last
+ * use (so memory stays flat across calls without waiting for the garbage collector).
+ */
+const interpret: JitExecutor = (jaxpr, args) => {
+  const lastUse = new Map<Var, number>();
+  jaxpr.eqns.forEach((e, i) => e.inputs.forEach((a) => a instanceof Var && lastUse.set(a, i)));
+  // Never free what the caller or the jaxpr itself owns: arguments and literal constants (call
+  // primitives such as scan or custom_jvp_call may return one of their inputs unchanged).
+  const keep = new Set<unknown>(args);
+  for (const e of jaxpr.eqns) for (const a of e.inputs) if (a instanceof Literal) keep.add(a.val);
+  const outVars = new Set(jaxpr.outs.filter((a): a is Var => a instanceof Var));
+  const env = new Map<Var, Value>();
+  jaxpr.invars.forEach((v, i) => env.set(v, args[i]!));
+  const read = (a: Atom): Value => (a instanceof Literal ? a.val : env.get(a)!);
+  // How many live variables hold each object (call primitives may return their inputs).
+  const holders = new Map<unknown, number>();
+  const hold = (x: unknown, d: number) => holders.set(x, (holders.get(x) ?? 0) + d);
+  jaxpr.eqns.forEach((e, i) => {
+    const outs = bind(e.prim, e.inputs.map(read), e.params);
+    // Only results of first-order primitives (those with a `lower` rule) are known to be fresh arrays;
+    // higher-order ones (jit, scan, custom rules) may return an input or a literal of theirs.
+    const fresh = "lower" in e.prim;
+    e.outBinders.forEach((v, k) => {
+      env.set(v, outs[k]!);
+      if (fresh) hold(outs[k], outVars.has(v) ? 2 : 1); // outputs hold an extra, permanent reference
+      else keep.add(outs[k]);
+    });
+    for (const a of e.inputs) {
+      if (!(a instanceof Var) || lastUse.get(a) !== i || !env.has(a) || outVars.has(a)) continue;
+      const x = env.get(a)!;
+      env.delete(a);
+      if (!holders.has(x)) continue; // an input of the call: not ours to free
+      hold(x, -1);
+      if (holders.get(x)! <= 0 && !keep.has(x)) hooks().release(x);
+    }
+    // Results nobody reads are dead at once.
+    e.outBinders.forEach((v) => {
+      if (!lastUse.has(v) && !outVars.has(v)) {
+        const x = env.get(v)!;
+        env.delete(v);
+        if (!holders.has(x)) return;
+        hold(x, -1);
+        if (holders.get(x)! <= 0 && !keep.has(x)) hooks().release(x);
+      }
+    });
+  });
+  const outs = jaxpr.outs.map(read);
+  return outs as Concrete[];
+};
 let executor: JitExecutor = interpret;
 
 /** Installs the function that executes jitted jaxprs on concrete inputs (a compiler), or resets it. */
@@ -162,7 +211,9 @@ function prepareTrace(
     "|" +
     values.map((v) => v.aval.str() + (v.aval.weakType ? "~" : "")).join(",") +
     "|" +
-    staticNums.map((i) => staticKey(args[i])).join(",");
+    staticNums.map((i) => staticKey(args[i])).join(",") +
+    "|" +
+    hooks().contextKey();
   const run = (): CacheEntry => {
     let outDef: TreeDef | undefined;
     const flatFn = (...xs: Value[]) => {

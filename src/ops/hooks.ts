@@ -5,7 +5,7 @@
 import { ShapedArray } from "../autodiff/aval.js";
 import { registerHooks, Tracer, Value } from "../autodiff/core.js";
 import { ArgumentError } from "../autodiff/errors.js";
-import { Array, scalar } from "./array.js";
+import { Array, getDefaultDevice, scalar } from "./array.js";
 import { add, convert, full } from "./lax/elementwise.js";
 import { broadcastInDim, reshape, sliceInDim, transpose } from "./lax/structural.js";
 import { ShapeError } from "../autodiff/errors.js";
@@ -45,6 +45,10 @@ registerHooks({
     return x.itemSync();
   },
   isConcrete: (x): x is Array => x instanceof Array,
+  contextKey: () => getDefaultDevice().id,
+  release: (x) => {
+    if (x instanceof Array) x.dispose();
+  },
   unstack: (x) => {
     const s = x.aval.shape;
     if (s.length === 0) throw new ShapeError(`iteration: cannot iterate over a scalar ${x.aval.str()}`);

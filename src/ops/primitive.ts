@@ -43,14 +43,18 @@ export function definePrimitive<P>(rules: Omit<PrimitiveRules<P>, "impl"> & { lo
     const device = commonDevice(rules.name, arrays);
     const avalsIn = arrays.map((a) => a.aval);
     const avalsOut = rules.abstractEval(avalsIn, params);
+    const inputs = arrays.map((a) => a.buffer);
     const outs = rules.lower(
       device.backend as KernelBuilder<unknown>,
-      arrays.map((a) => a.buffer),
+      inputs,
       params,
       avalsIn,
       avalsOut,
     );
-    return outs.map((b, i) => wrapBuffer(b, avalsOut[i]!, device));
+    // Each Array owns its handle: a lowering that hands back an input handle gets a fresh view of it.
+    return outs.map((b, i) =>
+      wrapBuffer(inputs.includes(b) ? device.backend.reshape(b, avalsOut[i]!.shape) : b, avalsOut[i]!, device),
+    );
   };
   return definePrimitiveRules<P>({ ...rules, impl }) as OpsPrimitive<P>;
 }

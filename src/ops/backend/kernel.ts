@@ -11,7 +11,8 @@
  * - Inputs already have the shapes the op needs: elementwise ops get operands of identical shape
  *   (broadcasting is an explicit `broadcastInDim`, which backends implement as a strided view).
  * - `out` (where present) is the exact output aval (shape + dtype); backends never re-derive it.
- * - Ops never modify or free their inputs.
+ * - Ops never modify or free their inputs, and always return new handles (a view is a new handle
+ *   sharing storage), never one of their inputs.
  */
 import type { DType, Shape } from "../../autodiff/aval.js";
 

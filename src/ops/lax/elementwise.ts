@@ -298,7 +298,8 @@ function lowerIntegerPow<H>(b: KernelBuilder<H>, x: H, y: number, out: OutType):
     if (n > 0) base = b.binary("mul", base, base, out);
   }
   const pos = acc ?? b.full(out, 1);
-  return y < 0 ? b.binary("div", b.full(out, 1), pos, out) : pos;
+  if (y < 0) return b.binary("div", b.full(out, 1), pos, out);
+  return pos === x ? b.reshape(x, out.shape) : pos; // y = 1: a new handle, never the input itself
 }
 
 /** x^y for a static integer y. */
