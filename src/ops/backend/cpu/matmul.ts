@@ -12,12 +12,18 @@
  * in a Float64Array, so float32 products are summed in double across all of K and rounded once.
  * Small or skinny products (M or N below the tile, or few flops) skip packing (`gemmSmall`).
  * Integer products wrap (Math.imul) and use a plain i-k-j loop.
+ *
+ * Large float products go to the WebAssembly SIMD kernels on all cores (./wasm/, `wasmGemm`) instead:
+ * float32 there accumulates in float32 (error within K·2⁻²⁴·Σ|a||b| of the exact sum, as any float32
+ * BLAS), float64 in float64. The TypeScript kernel stays the reference (`dotGeneralReference`) and the
+ * fallback where Wasm is unavailable.
  */
 import { shapeSize, shapeStr, type Shape } from "../../../autodiff/aval.js";
 import { DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import type { AnyTypedArray, DotDims, OutType } from "../kernel.js";
 import { CpuBuffer, expectDType, expectShape, materialize, mergedStride } from "./buffer.js";
 import { transpose } from "./structural.js";
+import { cpuWasmOptions, wasmGemm, type GemmOperand } from "./wasm/index.js";
 
 /** Register tile (rows x cols), and cache blocking of K, M (A block in L2) and N (B block). */
 const MR = 4;
@@ -78,6 +84,15 @@ function checkDims(x: CpuBuffer, y: CpuBuffer, dims: DotDims): void {
 
 /** Generalised batched matrix product (see DotDims); output is [batch, lhs free, rhs free]. */
 export function dotGeneral(x: CpuBuffer, y: CpuBuffer, dims: DotDims, out: OutType): CpuBuffer {
+  return dotGeneralImpl(x, y, dims, out, true);
+}
+
+/** `dotGeneral` on the TypeScript kernels only (the reference the fast path is tested against). */
+export function dotGeneralReference(x: CpuBuffer, y: CpuBuffer, dims: DotDims, out: OutType): CpuBuffer {
+  return dotGeneralImpl(x, y, dims, out, false);
+}
+
+function dotGeneralImpl(x: CpuBuffer, y: CpuBuffer, dims: DotDims, out: OutType, fast: boolean): CpuBuffer {
   if (x.dtype !== y.dtype) throw new DTypeError(`dot_general: operands of one dtype, got ${x.dtype} and ${y.dtype}`);
   expectDType("dot_general", "an output dtype equal to the operands'", x.dtype, out.dtype);
   if (x.dtype === "bool") throw new DTypeError("dot_general: numeric operands, got bool");
@@ -105,6 +120,12 @@ export function dotGeneral(x: CpuBuffer, y: CpuBuffer, dims: DotDims, out: OutTy
     }
     const data = x.dtype === "int32" ? c : new Uint32Array(c.buffer);
     return new CpuBuffer(data, x.dtype, outShape);
+  }
+  const dtype = x.dtype;
+  if (fast && (dtype === "float32" || dtype === "float64") && cpuWasmOptions.enabled && nb * m * n * k >= cpuWasmOptions.minMacs) {
+    // Float dtypes are stored as Float32Array / Float64Array, the operand type wasmGemm takes.
+    const r = wasmGemm(dtype, nb, m, n, k, a as GemmOperand, b as GemmOperand);
+    if (r !== null) return new CpuBuffer(r, dtype, outShape);
   }
   const c = new Float64Array(size);
   const packed = m >= MR && n >= NR && m * n * k >= PACKED_MIN_FLOPS;
