@@ -69,7 +69,7 @@ if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/
   say "bookworm-backports is already configured."
 else
   [ -f "$src" ] || { say "no $src to derive the Debian mirror from; add bookworm-backports by hand."; exit 1; }
-  uri=$(sed -n 's/^URIs: *//p' "$src" | head -n1)
+  uri=$(awk '/^URIs:/ { print $2; exit }' "$src")
   [ -n "$uri" ] || { say "no URIs line in $src"; exit 1; }
   say "adding bookworm-backports from $uri to $dest"
   printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \

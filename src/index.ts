@@ -40,4 +40,5 @@ export { checkGrads, checkGradsAsync, numericalJvp, GradCheckError } from "./ops
 export type { CheckGradsOptions, GradCheckSummary, GradCheckRecord, GradCheckFailure, GradCheckElement } from "./ops/check-grads.js";
 export { scope, keep, dispose } from "./ops/memory.js";
 export { devices, defaultDevice, devicePut, memoryStats, setDefaultDevice } from "./ops/devices.js";
+export { initWebGpu, adapterInfo, webGpuUnavailableReason } from "./ops/backend/webgpu/index.js";
 export * from "./autodiff/errors.js";

@@ -132,6 +132,29 @@ export class Array {
     }
     return this._buffer;
   }
+  /**
+   * Whether the array was placed on its device on purpose (an explicit `device`, devicePut, or computed
+   * from committed arrays). Uncommitted arrays (JS numbers, np.array without a device) follow committed
+   * ones to their device, as in JAX.
+   */
+  committed = false;
+  private _copies: Map<string, Array> | undefined;
+  /** A copy on `dev` (cached while this array lives); only from devices with synchronous reads. */
+  copyTo(dev: Device, what: string): Array {
+    const hit = this._copies?.get(dev.id);
+    if (hit && !hit.isDisposed) return hit;
+    const read = this.device.backend.readSync;
+    if (!read) {
+      throw new BackendError(
+        `${what}: an array on ${this.device.id} cannot follow the other arguments to ${dev.id} synchronously` +
+          `\nTip: create it on ${dev.id} (np.array(data, { device: "${dev.id}" })) or use await devicePut(x, "${dev.id}")`,
+      );
+    }
+    checkDeviceDType(dev, this.dtype, what);
+    const copy = wrapBuffer(dev.backend.fromHost(read.call(this.device.backend, this.buffer), this.aval), this.aval, dev);
+    (this._copies ??= new Map()).set(dev.id, copy);
+    return copy;
+  }
   private _permanent = false;
   /** Marks a shared constant that dispose() must not release (cached scalars). */
   makePermanent(): void {
@@ -140,6 +163,7 @@ export class Array {
   /** Releases the buffer now. Idempotent. Using the array afterwards throws. */
   dispose(): void {
     if (this._released.v || this._permanent) return;
+    if (this._copies) for (const c of this._copies.values()) c.dispose();
     this._released.v = true;
     finalizer.unregister(this);
     this.device.backend.release(this._buffer);
@@ -326,7 +350,9 @@ export function fromHost(
       for (let i = 0; i < td.length; i++) buf[i] = castScalar(td[i]!, dtype);
     }
     const aval = new ShapedArray(shp, dtype, !!opts.weakType);
-    return wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
+    const out = wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
+    out.committed = opts.device !== undefined;
+    return out;
   }
   const inferred = inferShape(data, what);
   const dtype = opts.dtype ? checkDType(what, opts.dtype) : isBoolData(data) ? "bool" : "float32";
@@ -340,7 +366,9 @@ export function fromHost(
   const buf = newTypedArray(dtype, flat.length);
   for (let i = 0; i < flat.length; i++) buf[i] = castScalar(flat[i]!, dtype);
   const aval = new ShapedArray(shp, dtype, !!opts.weakType);
-  return wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
+  const out = wrapBuffer(device.backend.fromHost(buf, aval), aval, device);
+  out.committed = opts.device !== undefined;
+  return out;
 }
 
 /**

@@ -25,9 +25,14 @@ export function defaultDevice(): Device {
 /** Copies an array to `device` (returns x itself when it is already there). */
 export async function devicePut(x: Array, device: Device | string): Promise<Array> {
   const dev = resolveDevice(device);
-  if (x.device === dev) return x;
+  if (x.device === dev) {
+    x.committed = true;
+    return x;
+  }
   const data = await x.data();
-  return wrapBuffer(dev.backend.fromHost(data, x.aval), x.aval, dev);
+  const out = wrapBuffer(dev.backend.fromHost(data, x.aval), x.aval, dev);
+  out.committed = true;
+  return out;
 }
 
 export { memoryStats, setDefaultDevice };

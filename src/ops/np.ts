@@ -10,7 +10,7 @@
 import { DType, isFloat, isInt, Shape, shapeStr } from "../autodiff/aval.js";
 import { Tracer, Value } from "../autodiff/core.js";
 import { ArgumentError, DTypeError, ShapeError } from "../autodiff/errors.js";
-import { Array, ArrayOptions, fromHost, NestedArray, resolveDevice, scalar, wrapBuffer } from "./array.js";
+import { Array, ArrayOptions, fromHost, NestedArray, resolveDevice, scalar } from "./array.js";
 import type { AnyTypedArray } from "./backend/kernel.js";
 import { checkDType, resultType } from "./dtype.js";
 import * as lax from "./lax/elementwise.js";
@@ -30,7 +30,6 @@ import {
   transpose as laxTranspose,
 } from "./lax/structural.js";
 import { range } from "./lax/util.js";
-import { ShapedArray } from "../autodiff/aval.js";
 
 /** What np functions accept: arrays, tracers, JS numbers/booleans and nested lists of them. */
 export type ArrayLike = Value | number | boolean | NestedArray | AnyTypedArray;
@@ -147,6 +146,8 @@ export function array(data: ArrayLike, opts: ArrayOptions & { shape?: Shape } = 
   }
   if (typeof data === "number" || typeof data === "boolean") {
     const dtype = opts.dtype ?? (typeof data === "boolean" ? "bool" : "float32");
+    // An explicit device commits the array: make a fresh one (cached scalars are shared, uncommitted).
+    if (opts.device !== undefined) return fromHost(data, [], { ...opts, dtype });
     return scalar(data, dtype, false, resolveDevice(opts.device));
   }
   return fromHost(data as NestedArray | AnyTypedArray, opts.shape, opts);
@@ -954,15 +955,6 @@ export function ndim(x: ArrayLike): number {
 }
 export function size(x: ArrayLike): number {
   return asArray(x).aval.size;
-}
-
-/** Moves an array to a device (a copy through the host for now; no-op when already there). */
-export async function devicePutAsync(x: Array, device: string): Promise<Array> {
-  const dev = resolveDevice(device);
-  if (x.device === dev) return x;
-  const data = await x.data();
-  const aval = new ShapedArray(x.shape, x.dtype, x.weakType);
-  return wrapBuffer(dev.backend.fromHost(data, aval), aval, dev);
 }
 
 export { laxSlice as slice };
