@@ -5,9 +5,10 @@
  * filters and for sampling frequencies, and structural facts (eos stops a row, a key reproduces).
  */
 import "../src/index.js";
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import type { Value } from "../src/autodiff/core.js";
-import { ArgumentError } from "../src/autodiff/errors.js";
+import { ArgumentError, DTypeError, ShapeError } from "../src/autodiff/errors.js";
 import { np, tree } from "../src/index.js";
 import type { Array as WArray } from "../src/ops/array.js";
 import * as random from "../src/ops/random.js";
@@ -119,6 +120,63 @@ describe("KV-cached forward pass", () => {
         else expect(row.every((x) => x === 0)).toBe(true);
       }
     }
+  });
+});
+
+describe("palm.applyWithCache against PyTorch (tests/fixtures/palm/small.json: dim 32, 4 heads, xPos)", () => {
+  interface Small {
+    config: PalmConfig;
+    params: { path: string; shape: number[]; pid: number; amp: number; offset: number }[];
+    tokens: number[][];
+    logits: number[][][];
+  }
+  const fx: Small = JSON.parse(readFileSync(new URL("./fixtures/palm/small.json", import.meta.url), "utf8"));
+  const config: PalmConfig = { ...fx.config, dtype: "float64" };
+  /** The fixture's weight formula, value[i] = offset + amp·sin(0.37·i + 0.11·pid + 0.3) (see gen_palm.py). */
+  function fixtureParams(): PalmParams {
+    const root: Record<string, any> = {};
+    for (const p of fx.params) {
+      const n = p.shape.reduce((a, b) => a * b, 1);
+      const v = Float64Array.from({ length: n }, (_, i) => p.offset + p.amp * Math.sin(0.37 * i + 0.11 * p.pid + 0.3));
+      const parts = p.path.split(".");
+      let o = root;
+      parts.slice(0, -1).forEach((k, j) => (o = o[k] ??= /^\d+$/.test(parts[j + 1]!) ? [] : {}));
+      o[parts.at(-1)!] = np.array(v, { dtype: "float64", shape: p.shape });
+    }
+    return root as PalmParams;
+  }
+  const params = fixtureParams();
+  const inputs = fx.tokens.map((r) => r.slice(0, -1)); // [2, 11]: the fixture's logits are of these
+  const v = fx.config.numTokens;
+  const want = (pos: number): number[] => [0, 1].flatMap((r) => fx.logits[r]![pos]!);
+
+  it("a prefill of 5 then one token at a time reproduces PyTorch's logits at every position (1e-10)", () => {
+    let cache = palm.initCache(params, 2, 16);
+    const first = palm.applyWithCache(params, i32(inputs.map((r) => r.slice(0, 5))), cache, 0, { config });
+    cache = first.cache;
+    const pl = data(first.logits); // [2, 5, V]
+    for (let pos = 0; pos < 5; pos++) {
+      const got = [0, 1].flatMap((r) => pl.slice((r * 5 + pos) * v, (r * 5 + pos + 1) * v));
+      expect(maxRelErr(got, want(pos))).toBeLessThan(1e-10);
+    }
+    for (let pos = 5; pos < inputs[0]!.length; pos++) {
+      const step = palm.applyWithCache(params, i32(inputs.map((r) => [r[pos]!])), cache, scalarI32(pos), { config });
+      cache = step.cache;
+      expect(maxRelErr(data(step.logits), want(pos))).toBeLessThan(1e-10);
+    }
+  });
+
+  it("rejects what would be a silent wrong answer: out-of-range positions, mismatched caches, non-causal models", () => {
+    const cache = palm.initCache(params, 2, 8);
+    const two = i32(inputs.map((r) => r.slice(0, 2)));
+    expect(() => palm.applyWithCache(params, two, cache, 7, { config })).toThrow(ShapeError); // 7..8 overflows 8 slots
+    expect(() => palm.applyWithCache(params, two, cache, -1, { config })).toThrow(ShapeError);
+    expect(() => palm.applyWithCache(params, two, palm.initCache(params, 3, 8), 0, { config })).toThrow(/cache entries must be float64\[2, 8, 8\]/);
+    expect(() => palm.applyWithCache(params, two, { k: cache.k.slice(1), v: cache.v }, 0, { config })).toThrow(ShapeError);
+    expect(() => palm.applyWithCache(params, two, cache, 0, { config: { ...config, causal: false } })).toThrow(ArgumentError);
+    expect(() => palm.applyWithCache(params, two, cache, np.array([0, 1], { dtype: "int32" }), { config })).toThrow(ShapeError);
+    expect(() => palm.applyWithCache(params, two, cache, np.array(0.5), { config })).toThrow(DTypeError);
+    expect(() => palm.applyWithCache(params, np.array([[1, 2], [3, 4]]), cache, 0, { config })).toThrow(DTypeError); // float tokens
   });
 });
 

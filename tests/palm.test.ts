@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import type { Value } from "../src/autodiff/core.js";
 import { ArgumentError, DTypeError, ShapeError, TreeMismatchError } from "../src/autodiff/errors.js";
-import { grad, jit, np, tree, vmap } from "../src/index.js";
+import { grad, jit, np, optim, tree, valueAndGrad, vmap } from "../src/index.js";
 import type { Array as WArray } from "../src/ops/array.js";
 import * as random from "../src/ops/random.js";
 import * as lora from "../src/nn/lora.js";
@@ -135,6 +135,78 @@ describe("PaLM against PyTorch (tests/fixtures/palm/tiny.json)", () => {
       expect(Math.abs(data(gv)[flatIdx]! - e.value), `${e.path}[${e.index}]`).toBeLessThan(1e-10 * Math.max(1, Math.abs(e.value)));
     }
   });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// The dim-32 model against PyTorch, every gradient entry (tests/fixtures/palm/small.json)
+
+interface SmallFixture {
+  config: { numTokens: number; dim: number; depth: number; heads: number; dimHead: number; ffMult: number };
+  params: { path: string; shape: number[]; pid: number; amp: number; offset: number }[];
+  tokens: number[][];
+  logits: number[][][];
+  loss: number;
+  grads: Record<string, number[]>;
+}
+
+const small: SmallFixture = JSON.parse(readFileSync(new URL("./fixtures/palm/small.json", import.meta.url), "utf8"));
+
+/** The small fixture's params from the formula, computed in float64 and then cast to `dtype`. */
+function smallParams(dtype: "float32" | "float64"): PalmParams {
+  const params: Record<string, any> = {};
+  for (const p of small.params) setPath(params, p.path.split("."), np.astype(fill(p.shape, p.pid, p.amp, p.offset), dtype));
+  return params as PalmParams;
+}
+
+/**
+ * allclose with an absolute floor scaled to the array: |a - e| <= rtol·|e| + atol·max|e|. The floor is
+ * what float rounding allows for entries that are small by cancellation (a gradient entry 1e-4 of the
+ * largest in its array is known only to ~eps·max).
+ */
+function expectAllClose(what: string, actual: number[], expected: number[], rtol: number, atol: number): void {
+  expect(actual.length, what).toBe(expected.length);
+  const floor = atol * Math.max(...expected.map(Math.abs));
+  let worst = -1;
+  let worstAt = -1;
+  for (let i = 0; i < actual.length; i++) {
+    const excess = Math.abs(actual[i]! - expected[i]!) / (rtol * Math.abs(expected[i]!) + floor);
+    if (!(excess <= worst)) [worst, worstAt] = [excess, i];
+  }
+  expect(worst, `${what}[${worstAt}]: ${actual[worstAt]} vs ${expected[worstAt]}`).toBeLessThanOrEqual(1);
+}
+
+describe("PaLM dim 32, depth 2, 4 heads of 8, causal with xPos, against PyTorch (tests/fixtures/palm/small.json)", () => {
+  const tokens = i32(small.tokens); // [2, 12]
+  const inputs = i32(small.tokens.map((r) => r.slice(0, -1))); // [2, 11]: the loss's inputs
+  // float64: both sides compute in float64, only summation order differs. float32: the params are rounded
+  // to float32 and everything runs in float32 (eps 1.2e-7), against PyTorch's float64 values.
+  const tolerances = { float64: { rtol: 1e-10, atol: 1e-12 }, float32: { rtol: 1e-4, atol: 1e-5 } } as const;
+
+  for (const dtype of ["float64", "float32"] as const) {
+    const { rtol, atol } = tolerances[dtype];
+    const cfg: PalmConfig = { ...small.config, dtype };
+
+    it(`${dtype}: logits and loss (rtol ${rtol}, atol ${atol}·max)`, () => {
+      const params = smallParams(dtype);
+      const logits = palm.apply(params, inputs, { config: cfg });
+      expect(logits.aval.dtype).toBe(dtype);
+      expectAllClose("logits", data(logits), flat(small.logits), rtol, atol);
+      expectAllClose("loss", data(palm.loss(params, tokens, { config: cfg })), [small.loss], rtol, 0);
+    });
+
+    it(`${dtype}: the gradient of the loss, every entry of every parameter (rtol ${rtol}, atol ${atol}·max per array)`, () => {
+      const params = smallParams(dtype);
+      const g = grad((p: PalmParams) => palm.loss(p, tokens, { config: cfg }))(params);
+      expect(Object.keys(small.grads).sort()).toEqual(small.params.map((p) => p.path).sort());
+      expect(tree.leaves(g).length).toBe(small.params.length);
+      for (const p of small.params) {
+        const gv = getPath(g, p.path);
+        expect([...gv.aval.shape], p.path).toEqual(p.shape);
+        expect(gv.aval.dtype).toBe(dtype);
+        expectAllClose(p.path, data(gv), small.grads[p.path]!, rtol, atol);
+      }
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------
@@ -290,6 +362,103 @@ describe("palm.init / apply", () => {
     expect(() => palm.apply(params, i32([1, 2]), { config: tiny, lora: {}, loraScope: "actor" })).toThrow(ArgumentError);
     expect(() => palm.init(random.key(0), { ...tiny, dimHead: 7 })).toThrow(/even/);
     expect(() => palm.apply(params, i32([[1, 2]]), { config: tiny, mask: np.array([[true]]) })).toThrow(ShapeError);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// vmap: per-example models against the batched model and a loop
+
+describe("PaLM under vmap", () => {
+  const params = palm.init(random.key(11), tiny);
+  // Label 0 is ignored by the loss, and the rows have different numbers of ignored targets, so the batch
+  // gradient is not simply the mean of the per-example ones: only a loop can check them.
+  const rows = [
+    [1, 2, 0, 4, 5, 6],
+    [7, 0, 0, 9, 3, 12],
+    [13, 14, 15, 16, 17, 18],
+    [2, 2, 2, 0, 19, 1],
+  ];
+  const lossFn = (p: PalmParams, t: Value) => palm.loss(p, t, { config: tiny });
+
+  it("a per-example model ([seq] in, [seq, vocab] out) under vmap equals the batched model, jitted or not", () => {
+    const single = (p: PalmParams, t: Value) => palm.apply(p, t, { config: tiny }); // [seq] -> [seq, vocab]
+    const batched = data(palm.apply(params, i32(rows), { config: tiny })); // [4, 6, 20]
+    expectClose(data(vmap(single, { inAxes: [null, 0] })(params, i32(rows))), batched, 1e-12);
+    expectClose(data(jit(vmap(single, { inAxes: [null, 0] }))(params, i32(rows))), batched, 1e-12);
+    // and both equal one call per row
+    rows.forEach((r, i) => expectClose(data(single(params, i32(r))), batched.slice(i * 120, (i + 1) * 120), 1e-12));
+  });
+
+  it("per-example loss gradients: vmap(grad) equals grad in a loop over the examples", () => {
+    const per = vmap(grad(lossFn), { inAxes: [null, 0] })(params, i32(rows)); // every leaf [4, ...]
+    const perLeaves = tree.leaves<Value>(per);
+    rows.forEach((r, i) => {
+      const gi = tree.leaves<Value>(grad(lossFn)(params, i32(r)));
+      expect(gi.length).toBe(perLeaves.length);
+      gi.forEach((g, k) => {
+        const n = g.aval.size;
+        expect(perLeaves[k]!.aval.shape[0]).toBe(rows.length);
+        expectClose(data(perLeaves[k]!).slice(i * n, (i + 1) * n), data(g), 1e-12);
+      });
+    });
+    // the rows' weights differ (5, 3, 5, 4 counted targets), so the batch gradient is the weighted mean
+    const counts = rows.map((r) => r.slice(1).filter((t) => t !== 0).length);
+    const total = counts.reduce((a, b) => a + b, 0);
+    tree.leaves<Value>(grad(lossFn)(params, i32(rows))).forEach((bg, k) => {
+      const n = bg.aval.size;
+      const pl = data(perLeaves[k]!);
+      const weighted = data(bg).map((_, j) => counts.reduce((a, c, i) => a + (c / total) * pl[i * n + j]!, 0));
+      expectClose(data(bg), weighted, 1e-12);
+    });
+  });
+
+  it("vmap over both params and tokens (an ensemble of models) equals a loop", () => {
+    const models = [palm.init(random.key(21), tiny), palm.init(random.key(22), tiny)];
+    const stacked = tree.map((a: Value, b: Value) => np.stack([a, b]), models[0]!, models[1]!) as PalmParams;
+    const toks = i32(rows.slice(0, 2)); // model i sees row i
+    const got = data(vmap((p: PalmParams, t: Value) => palm.apply(p, t, { config: tiny }))(stacked, toks)); // [2, 6, 20]
+    const gotLoss = data(vmap(lossFn)(stacked, toks)); // [2]
+    models.forEach((m, i) => {
+      expectClose(got.slice(i * 120, (i + 1) * 120), data(palm.apply(m, i32(rows[i]!), { config: tiny })), 1e-12);
+      expectClose([gotLoss[i]!], data(lossFn(m, i32(rows[i]!))), 1e-12);
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Training
+
+describe("training", () => {
+  it("jit(valueAndGrad) + adam drives the loss on periodic text ('abcabc…' bytes) below 0.01 in 300 steps", () => {
+    // Each byte determines the next one, so a perfect model has loss 0; at init the loss is ≈ ln(128).
+    const config: PalmConfig = { numTokens: 128, dim: 32, depth: 1, heads: 2, dimHead: 16, ffMult: 2, crossEntropyIgnoreIndex: null };
+    const text = Buffer.from("abc".repeat(20), "latin1");
+    const seq = 16;
+    const batch = i32([0, 1, 2, 4].map((o) => globalThis.Array.from(text.subarray(o, o + seq)))); // [4, 16], all three phases
+    const lossFn = (p: PalmParams, t: Value) => palm.loss(p, t, { config });
+    const opt = optim.adam(1e-2);
+    const step = jit(
+      (p: PalmParams, st: unknown, t: Value): [PalmParams, unknown, Value] => {
+        const [l, g] = valueAndGrad(lossFn)(p, t) as [Value, PalmParams];
+        const [u, st2] = opt.update(g, st);
+        return [optim.applyUpdates(p, u), st2, l];
+      },
+      { donateArgnums: [0, 1] },
+    );
+    let params = palm.init(random.key(0), config);
+    let state = opt.init(params);
+    const first = data(lossFn(params, batch))[0]!;
+    expect(Math.abs(first - Math.log(128))).toBeLessThan(0.1);
+    for (let i = 0; i < 300; i++) [params, state] = step(params, state, batch);
+    const last = data(lossFn(params, batch))[0]!;
+    expect(last).toBeLessThan(0.01);
+    // and the trained model continues the pattern on a phase and length it was not given
+    const logits = data(palm.apply(params, i32([globalThis.Array.from(Buffer.from("cabcabcab", "latin1"))]), { config })); // [1, 9, 128]
+    const argmaxAt = (t: number) => {
+      const row = logits.slice(t * 128, (t + 1) * 128);
+      return row.indexOf(Math.max(...row));
+    };
+    expect(String.fromCharCode(...[0, 1, 2, 3, 4, 5, 6, 7, 8].map(argmaxAt))).toBe("abcabcabc");
   });
 });
 

@@ -1,7 +1,8 @@
 /**
  * @file Autoregressive generation from a PaLM (src/nn/palm.ts) with a key/value cache, and best-of-n
- * reranking. Read first: `forwardChunk` (PaLM's `block` rewritten to read and write the cache), then
- * `chunkStep` (one jitted step: forward, sample, write the token), then `generate` (the host loop).
+ * reranking. Read first: `chunkStep` (one jitted step: `palm.applyWithCache` on a chunk, sample, write
+ * the token), then `generate` (the host loop). The model maths lives only in palm.ts: `applyWithCache`
+ * runs the same transformer block as `palm.apply`, reading and writing the cache.
  *
  * How a batch of prompts of different lengths is decoded: the rows are left-aligned in one int32
  * buffer `seq` [batch, maxPromptLen + maxNewTokens]. The common prefix (the shortest prompt's length)
@@ -17,12 +18,8 @@
  * their softmax weight is exactly 0. Rotary / xPos use the absolute position; the xPos exponent is
  * centred on maxLen/2 instead of seqLen/2 as in `palm.apply` — the centre cancels in q·k, so the
  * logits agree with a full forward pass up to rounding (tests/generate.test.ts checks 1e-10 in float64).
- *
- * Duplication to fold into palm.ts later: `forwardChunk` repeats `block`'s maths (fused projection,
- * LoRA deltas, qk-norm, rotary, SwiGLU) because palm.ts has no cache-aware entry point and keeps
- * `l2norm`, `negMax` and `loraDelta` private; they are re-declared below.
  */
-import { DType, isInt } from "../autodiff/aval.js";
+import { isInt } from "../autodiff/aval.js";
 import { Value } from "../autodiff/core.js";
 import { ArgumentError, DTypeError, ShapeError } from "../autodiff/errors.js";
 import { jit } from "../autodiff/jit.js";
@@ -32,9 +29,9 @@ import { dispose } from "../ops/memory.js";
 import * as np from "../ops/np.js";
 import type { ArrayLike } from "../ops/np.js";
 import * as random from "../ops/random.js";
-import { silu, softmax } from "./activations.js";
-import { applyRotary, architecture, layerNorm, resolveConfig, rotaryEmbedding } from "./palm.js";
-import type { LoraAdapter, LoraLayer, LoraParams, PalmArchitecture, PalmConfig, PalmParams, ResolvedPalmConfig } from "./palm.js";
+import { softmax } from "./activations.js";
+import { applyWithCache, architecture, initCache, resolveConfig } from "./palm.js";
+import type { CacheOptions, KvCache, LoraParams, PalmArchitecture, PalmConfig, PalmParams } from "./palm.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Sampling filters (usable on their own: logits [..., vocab])
@@ -118,132 +115,23 @@ export function sampleLogits(key: random.Key, logits: ArrayLike, opts: SampleOpt
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The cached forward pass
+// The cached forward pass (palm.applyWithCache; re-exported here for callers of this module)
 
-/** Per layer, the keys and values written so far: [batch, maxLen, dimHead] each. */
-export interface KvCache {
-  k: Value[];
-  v: Value[];
-}
+export { initCache } from "./palm.js";
+export type { CacheOptions, KvCache } from "./palm.js";
 
-/** An empty cache (zeros) for `batch` rows of up to `maxLen` positions. */
-export function initCache(params: PalmParams, batch: number, maxLen: number): KvCache {
-  const arch = architecture(params);
-  const device = params.tokenEmb instanceof Array ? params.tokenEmb.device : undefined;
-  const size = batch * maxLen * arch.dimHead;
-  const zeros = (): Value => np.array(arch.dtype === "float64" ? new Float64Array(size) : new Float32Array(size), { dtype: arch.dtype, shape: [batch, maxLen, arch.dimHead], device });
-  const make = (): Value[] => params.layers.map(zeros);
-  return { k: make(), v: make() };
-}
-
-/** Same as palm.ts's private helpers (see the file comment). */
-const negMax = (dtype: DType): number => (dtype === "float64" ? -Number.MAX_VALUE : -3.4028234663852886e38);
-function l2norm(x: Value): Value {
-  return np.multiply(x, np.rsqrt(np.maximum(np.sum(np.square(x), { axis: -1, keepdims: true }), 1e-24)));
-}
-function loraDelta(x: Value, a: LoraAdapter, scale: number): Value {
-  return np.multiply(np.dot(np.dot(x, a.A), a.B), scale);
-}
-
-/** Everything `forwardChunk` needs that is fixed for one generation (static under jit). */
-export interface CacheOptions {
-  config?: PalmConfig;
-  lora?: LoraParams | null;
-  loraScope?: string | null;
-  loraAlpha?: number;
-}
-
-function resolveLora(name: string, arch: PalmArchitecture, o: CacheOptions): { layers: LoraLayer[] | null; scale: number } {
-  if (!o.lora || !o.loraScope) return { layers: null, scale: 1 };
-  const scoped = o.lora[o.loraScope];
-  if (!scoped) {
-    throw new ArgumentError(`${name}: LoRA scope "${o.loraScope}" not found, got scopes ${JSON.stringify(Object.keys(o.lora))}`);
-  }
-  if (scoped.length !== arch.depth) throw new ShapeError(`${name}: LoRA scope "${o.loraScope}" has ${scoped.length} layers, the model ${arch.depth}`);
-  const r = scoped[0]!.q.A.aval.shape[1]!;
-  return { layers: scoped, scale: (o.loraAlpha ?? r) / r };
-}
-
-function resolvedConfig(arch: PalmArchitecture, config: PalmConfig | undefined): ResolvedPalmConfig {
+/** The causal check `generate` makes up front (applyWithCache makes it again inside the step). */
+function checkCausal(arch: PalmArchitecture, config: PalmConfig | undefined): void {
   const c = resolveConfig(config ?? { numTokens: arch.numTokens, dim: arch.dim, depth: arch.depth, heads: arch.heads, dimHead: arch.dimHead, qkRmsNorm: arch.qkRmsNorm });
   if (!c.causal) throw new ArgumentError("generate: needs a causal model, got config.causal false");
-  return c;
 }
 
 /**
- * Logits [batch, n, numTokens] for tokens [batch, n] at positions start..start+n-1, attending to the
- * cached positions before `start` and to each other causally; returns the cache with the new keys and
- * values written at `start`. `start` is an int32 scalar (may be traced); n is static. Positions after
- * start+n-1 in the cache are ignored, whatever they hold.
+ * `palm.applyWithCache` with the argument order this module has always used: logits [batch, n,
+ * numTokens] for tokens [batch, n] at positions start..start+n-1, and the updated cache.
  */
 export function forwardChunk(params: PalmParams, tokens: Value, start: Value, cache: KvCache, options: CacheOptions = {}): { logits: Value; cache: KvCache } {
-  const arch = architecture(params);
-  const c = resolvedConfig(arch, options.config);
-  const lora = resolveLora("forwardChunk", arch, options);
-  const { heads, dimHead, ffInner, dtype } = arch;
-  const attnInner = heads * dimHead;
-  const [b, n] = tokens.aval.shape as [number, number];
-  const maxLen = cache.k[0]!.aval.shape[1]!;
-  if (cache.k.length !== arch.depth || cache.v.length !== arch.depth) {
-    throw new ShapeError(`forwardChunk: the cache must have ${arch.depth} layers, got ${cache.k.length}`);
-  }
-  const zero = np.zeros([], { dtype: "int32" });
-  const s = np.astype(start, "int32");
-
-  // Rotary angles (and xPos scales) at the absolute positions start..start+n-1.
-  const rot = rotaryEmbedding(maxLen, dimHead, { xpos: c.useXpos, scaleBase: c.xposScaleBase, dtype });
-  const rows = (t: Value | null): Value | null => (t === null ? null : lax.dynamicSlice(t, [s, zero], [n, dimHead])); // [n, dimHead]
-  const freqs = rows(rot.freqs)!;
-  const qScaleX = rows(rot.scale);
-  const kScaleX = rows(rot.invScale);
-
-  // Causal mask by position: query start+i sees key j iff j <= start+i.
-  const qPos = np.add(np.arange(n, undefined, 1, { dtype: "int32" }), s); // [n]
-  const kPos = np.arange(maxLen, undefined, 1, { dtype: "int32" }); // [maxLen]
-  const masked = np.greater(np.reshape(kPos, [1, maxLen]), np.reshape(qPos, [n, 1])); // [n(i), maxLen(j)]
-
-  const attnScale = arch.qkRmsNorm ? c.qkScale : dimHead ** -0.5;
-  const newK: Value[] = [];
-  const newV: Value[] = [];
-  let x = np.take(params.tokenEmb, tokens, 0); // [b, n, dim]
-  params.layers.forEach((lp, l) => {
-    const ll = lora.layers === null ? null : lora.layers[l]!;
-    const h = layerNorm(x, lp.norm.gamma); // [b, n, dim]
-    const fused = np.dot(h, lp.fusedAttnFfProj); // [b, n, heads·dimHead + 2·dimHead + 2·ffInner]
-    let [q, k, v, ff] = np.split(fused, [attnInner, attnInner + dimHead, attnInner + 2 * dimHead], -1) as [Value, Value, Value, Value];
-    if (ll !== null) {
-      q = np.add(q, loraDelta(h, ll.q, lora.scale));
-      k = np.add(k, loraDelta(h, ll.k, lora.scale));
-      v = np.add(v, loraDelta(h, ll.v, lora.scale));
-    }
-    q = np.transpose(np.reshape(q, [b, n, heads, dimHead]), [0, 2, 1, 3]); // [b, n, heads, dimHead] -> [b, heads, n, dimHead]
-    if (arch.qkRmsNorm) {
-      q = np.multiply(l2norm(q), lp.qScale!);
-      k = np.multiply(l2norm(k), lp.kScale!);
-    }
-    q = applyRotary(freqs, q, qScaleX); // [b, heads, n, dimHead]
-    k = applyRotary(freqs, k, kScaleX); // [b, n, dimHead]
-
-    const kc = lax.dynamicUpdateSlice(cache.k[l]!, k, [zero, s, zero]); // [b, maxLen, dimHead]
-    const vc = lax.dynamicUpdateSlice(cache.v[l]!, v, [zero, s, zero]); // [b, maxLen, dimHead]
-    newK.push(kc);
-    newV.push(vc);
-
-    let sim = np.multiply(np.einsum("bhid,bjd->bhij", q, kc), attnScale); // [b, heads, n(i), maxLen(j)]
-    sim = np.where(masked, negMax(dtype), sim);
-    const attn = softmax(sim, { axis: -1 }); // [b, heads, n, maxLen]
-    let out = np.einsum("bhij,bjd->bhid", attn, vc); // [b, heads, n, dimHead]
-    out = np.reshape(np.transpose(out, [0, 2, 1, 3]), [b, n, attnInner]); // [b, heads, n, dimHead] -> [b, n, heads·dimHead]
-    let attnOut = np.dot(out, lp.attnOut); // [b, n, dim]
-    if (ll !== null) attnOut = np.add(attnOut, loraDelta(out, ll.o, lora.scale));
-
-    const [ffx, gate] = np.split(ff, [ffInner], -1) as [Value, Value]; // 2 × [b, n, ffInner]
-    const ffOut = np.dot(np.multiply(silu(gate), ffx), lp.ffOut); // [b, n, dim]
-    x = np.add(np.add(attnOut, ffOut), x);
-  });
-  const e = layerNorm(x, params.norm.gamma); // [b, n, dim]
-  const logits = np.einsum("bnd,vd->bnv", e, params.tokenEmb); // [b, n, numTokens]
-  return { logits, cache: { k: newK, v: newV } };
+  return applyWithCache(params, tokens, cache, start, options);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -391,7 +279,7 @@ async function promptLists(prompts: Prompts): Promise<number[][]> {
  */
 export async function generate(params: PalmParams, prompts: Prompts, opts: GenerateOptions): Promise<GenerateResult> {
   const arch = architecture(params);
-  if (opts.config) resolvedConfig(arch, opts.config); // causal check
+  if (opts.config) checkCausal(arch, opts.config);
   const lists = await promptLists(prompts);
   if (lists.length === 0) throw new ShapeError("generate: needs at least one prompt, got 0");
   lists.forEach((p, i) => {

@@ -3,7 +3,11 @@
  * options)` returns logits [batch, seq, numTokens]; `loss` is the next-token cross-entropy. Everything
  * is composed of `np` / `nn` operations, so it works under grad, vmap and jit.
  *
- * Read first: `block` (one parallel attention + feed-forward layer), then `forward`. The numerics follow
+ * `applyWithCache(params, tokens, cache, position)` is the same model for cached decoding (used by
+ * src/nn/generate.ts): it runs the same `block`, writing each layer's keys/values into a KV cache.
+ *
+ * Read first: `block` (one parallel attention + feed-forward layer, optionally reading and writing the
+ * cache), then `trunk` (the layer loop), then `forward` / `applyWithCache` (the two ways in). The numerics follow
  * lucidrains/PaLM-rlhf-pytorch (palm.py) closely: its weights map onto ours one to one (torch's Linear
  * stores [out, in]; we store [in, out], so transpose when importing a checkpoint). One deliberate
  * difference: some versions of that file compute the logits from the un-normalised residual stream
@@ -24,6 +28,7 @@ import { isFloat, isInt, shapeStr, DType } from "../autodiff/aval.js";
 import { Tracer, Value } from "../autodiff/core.js";
 import { ArgumentError, DTypeError, ShapeError } from "../autodiff/errors.js";
 import { Array } from "../ops/array.js";
+import * as lax from "../ops/lax/index.js";
 import * as np from "../ops/np.js";
 import type { ArrayLike } from "../ops/np.js";
 import * as random from "../ops/random.js";
@@ -283,7 +288,7 @@ export function layerNorm(x: Value, gamma: Value, eps = 1e-5): Value {
 }
 
 /** x / max(‖x‖₂, 1e-12) over the last axis (torch's F.normalize). */
-function l2norm(x: Value): Value {
+export function l2norm(x: Value): Value {
   return np.multiply(x, np.rsqrt(np.maximum(np.sum(np.square(x), { axis: -1, keepdims: true }), 1e-24)));
 }
 
@@ -350,7 +355,7 @@ export function applyRotary(freqs: Value, t: Value, scale: Value | null = null):
 }
 
 /** The most negative finite value of a float dtype (what masked attention scores are set to, as torch). */
-const negMax = (dtype: DType): number => (dtype === "float64" ? -Number.MAX_VALUE : -3.4028234663852886e38);
+export const negMax = (dtype: DType): number => (dtype === "float64" ? -Number.MAX_VALUE : -3.4028234663852886e38);
 
 /** Inverted dropout: zero with probability p, scale the rest by 1/(1-p). */
 function dropout(x: Value, p: number, key: Value | null): Value {
@@ -360,23 +365,40 @@ function dropout(x: Value, p: number, key: Value | null): Value {
 }
 
 /** (x @ A @ B)·scale: the low-rank update, without forming A @ B. */
-function loraDelta(x: Value, a: LoraAdapter, scale: number): Value {
+export function loraDelta(x: Value, a: LoraAdapter, scale: number): Value {
   return np.multiply(np.dot(np.dot(x, a.A), a.B), scale);
 }
 
 interface BlockContext {
   c: ResolvedPalmConfig;
   arch: PalmArchitecture;
+  /** Rotary angles and xPos scales at the positions of this chunk's tokens: [n, dimHead] each. */
   rotary: Rotary;
-  /** [batch, 1, 1, seq] key padding mask, or null. */
+  /** [batch, 1, 1, keys] key padding mask, or null. */
   keyMask: Value | null;
-  /** [seq, seq], true where a query may not see a key (j > i), or null. */
+  /** [n, keys], true where a query may not see a key (the key comes later), or null. */
   causalMask: Value | null;
   loraScale: number;
 }
 
-/** One layer's residual branch: attn(norm(x)) + ff(norm(x)), from one fused projection. */
-function block(lp: PalmLayerParams, x: Value, ctx: BlockContext, lora: LoraLayer | null, key: Value | null): Value {
+/** One layer's keys and values: [batch, maxLen, dimHead] in the cache (multi-query: no head axis). */
+interface LayerKv {
+  k: Value;
+  v: Value;
+}
+
+/** One layer's cache and the int32 scalar position where the chunk's keys and values go. */
+interface LayerCache extends LayerKv {
+  start: Value;
+}
+
+/**
+ * One layer's residual branch: attn(norm(x)) + ff(norm(x)), from one fused projection. Without a cache
+ * the chunk attends to itself; with one, its keys and values are written into the cache at
+ * `cache.start` and the queries attend over the whole cache (ctx.causalMask hides the slots after
+ * each query). Returns the branch output [b, n, dim] and the keys/values attended over.
+ */
+function block(lp: PalmLayerParams, x: Value, ctx: BlockContext, lora: LoraLayer | null, key: Value | null, cache: LayerCache | null): { y: Value; kv: LayerKv } {
   const { c, arch, rotary } = ctx;
   const { heads, dimHead, ffInner } = arch;
   const [b, n] = x.aval.shape as [number, number, number];
@@ -414,15 +436,25 @@ function block(lp: PalmLayerParams, x: Value, ctx: BlockContext, lora: LoraLayer
   q = applyRotary(rotary.freqs, q, rotary.scale); // [b, heads, n, dimHead]
   k = applyRotary(rotary.freqs, k, rotary.invScale); // [b, n, dimHead]
 
+  // With a cache, write this chunk's keys/values at `start` and attend over every slot.
+  let kv: LayerKv = { k, v };
+  if (cache !== null) {
+    const zero = np.zeros([], { dtype: "int32" });
+    kv = {
+      k: lax.dynamicUpdateSlice(cache.k, k, [zero, cache.start, zero]), // [b, maxLen, dimHead]
+      v: lax.dynamicUpdateSlice(cache.v, v, [zero, cache.start, zero]), // [b, maxLen, dimHead]
+    };
+  }
+
   const attnScale = arch.qkRmsNorm ? c.qkScale : dimHead ** -0.5;
-  let sim = np.multiply(np.einsum("bhid,bjd->bhij", q, k), attnScale); // [b, heads, n(i), n(j)]
+  let sim = np.multiply(np.einsum("bhid,bjd->bhij", q, kv.k), attnScale); // [b, heads, n(i), keys(j)]
   if (ctx.keyMask !== null) sim = np.where(ctx.keyMask, sim, negMax(dtype));
   if (ctx.causalMask !== null) sim = np.where(ctx.causalMask, negMax(dtype), sim);
-  let attn = softmax(sim, { axis: -1 }); // [b, heads, n, n]
+  let attn = softmax(sim, { axis: -1 }); // [b, heads, n, keys]
   attn = dropout(attn, c.attnDropout, key === null ? null : random.foldIn(key, 0));
 
-  let out = np.einsum("bhij,bjd->bhid", attn, v); // [b, heads, n, dimHead]
-  out = np.reshape(np.transpose(out, [0, 2, 1, 3]), [b, n, attnInner]); // [b, n, heads, dimHead] -> [b, n, heads·dimHead]
+  let out = np.einsum("bhij,bjd->bhid", attn, kv.v); // [b, heads, n, dimHead]
+  out = np.reshape(np.transpose(out, [0, 2, 1, 3]), [b, n, attnInner]); // [b, heads, n, dimHead] -> [b, n, heads, dimHead] -> [b, n, heads·dimHead]
   let attnOut = np.dot(out, lp.attnOut); // [b, n, dim]
   if (lora !== null) attnOut = np.add(attnOut, loraDelta(out, lora.o, ctx.loraScale));
 
@@ -433,7 +465,64 @@ function block(lp: PalmLayerParams, x: Value, ctx: BlockContext, lora: LoraLayer
   ffh = dropout(ffh, c.ffDropout, key === null ? null : random.foldIn(key, 1));
   const ffOut = np.dot(ffh, lp.ffOut); // [b, n, dim]
 
-  return np.add(attnOut, ffOut);
+  return { y: np.add(attnOut, ffOut), kv };
+}
+
+/**
+ * The trunk shared by `apply` and `applyWithCache`: token embeddings, every layer with its residual,
+ * the final LayerNorm. Returns the normalised embeddings [b, n, dim] and, with a cache, the new one.
+ */
+function trunk(
+  params: PalmParams,
+  ids: Value,
+  ctx: BlockContext,
+  lora: LoraLayer[] | null,
+  key: Value | null,
+  extraEmbed: ArrayLike | null,
+  cache: { kv: KvCache; start: Value } | null,
+): { embeddings: Value; cache: KvCache | null } {
+  let x = np.take(params.tokenEmb, ids, 0); // [b, n, dim]
+  if (extraEmbed !== null) x = np.add(x, extraEmbed);
+  const newK: Value[] = [];
+  const newV: Value[] = [];
+  params.layers.forEach((lp, l) => {
+    const lk = key === null ? null : random.foldIn(key, l);
+    const layerCache = cache === null ? null : { k: cache.kv.k[l]!, v: cache.kv.v[l]!, start: cache.start };
+    const { y, kv } = block(lp, x, ctx, lora === null ? null : lora[l]!, lk, layerCache);
+    x = np.add(y, x);
+    newK.push(kv.k);
+    newV.push(kv.v);
+  });
+  return { embeddings: layerNorm(x, params.norm.gamma), cache: cache === null ? null : { k: newK, v: newV } }; // [b, n, dim]
+}
+
+/** The config for `apply`: the given one (checked against the params' shapes), or PaLM's defaults. */
+function configFor(arch: PalmArchitecture, config: PalmConfig | undefined): ResolvedPalmConfig {
+  // Without a config, the shapes come from the params (arch) and the rest from PaLM's defaults; the
+  // blocks read sizes only from `arch`, so c.ffMult is never used on that path.
+  const c = resolveConfig(config ?? { numTokens: arch.numTokens, dim: arch.dim, depth: arch.depth, heads: arch.heads, dimHead: arch.dimHead, qkRmsNorm: arch.qkRmsNorm });
+  if (config) checkConfigAgainst(c, arch);
+  return c;
+}
+
+/** The LoRA layers of `options.loraScope` (null without LoRA) and their scale alpha/r. */
+export function resolveLora(
+  name: string,
+  arch: PalmArchitecture,
+  options: { lora?: LoraParams | null; loraScope?: string | null; loraAlpha?: number },
+): { layers: LoraLayer[] | null; scale: number } {
+  if (!options.lora || !options.loraScope) return { layers: null, scale: 1 };
+  const scoped = options.lora[options.loraScope];
+  if (!scoped) {
+    throw new ArgumentError(
+      `${name}: LoRA scope "${options.loraScope}" not found, got scopes ${JSON.stringify(Object.keys(options.lora))}\nTip: lora.init(key, config, { scopes: ["${options.loraScope}"] })`,
+    );
+  }
+  if (scoped.length !== arch.depth) {
+    throw new ShapeError(`${name}: LoRA scope "${options.loraScope}" has ${scoped.length} layers, the model ${arch.depth}`);
+  }
+  const r = scoped[0]!.q.A.aval.shape[1]!;
+  return { layers: scoped, scale: (options.loraAlpha ?? r) / r };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -476,13 +565,10 @@ function checkTokens(name: string, tokens: ArrayLike): Value {
   return np.astype(t, "int32");
 }
 
-/** The shared forward pass: final normalised embeddings [b, n, dim] (and the architecture). */
+/** The shared forward pass: final normalised embeddings [b, n, dim]. */
 function forward(name: string, params: PalmParams, tokens: Value, options: ApplyOptions): Value {
   const arch = architecture(params);
-  // Without a config, the shapes come from the params (arch) and the rest from PaLM's defaults; the
-  // blocks read sizes only from `arch`, so c.ffMult is never used on that path.
-  const c = resolveConfig(options.config ?? { numTokens: arch.numTokens, dim: arch.dim, depth: arch.depth, heads: arch.heads, dimHead: arch.dimHead, qkRmsNorm: arch.qkRmsNorm });
-  if (options.config) checkConfigAgainst(c, arch);
+  const c = configFor(arch, options.config);
   const [b, n] = tokens.aval.shape as [number, number];
 
   let keyMask: Value | null = null;
@@ -503,22 +589,7 @@ function forward(name: string, params: PalmParams, tokens: Value, options: Apply
   const keyMask4 = keyMask === null ? null : np.reshape(keyMask, [b, 1, 1, n]); // [b, n] -> [b, 1, 1, n(j)]
   // Causal (autoregressive) masking (https://arxiv.org/abs/1706.03762): position i attends to j <= i only.
   const causalMask = c.causal ? np.triu(np.ones([n, n], { dtype: "bool" }), 1) : null; // [n(i), n(j)], true for j > i
-
-  let lora: LoraLayer[] | null = null;
-  if (options.lora && options.loraScope) {
-    const scoped = options.lora[options.loraScope];
-    if (!scoped) {
-      throw new ArgumentError(
-        `${name}: LoRA scope "${options.loraScope}" not found, got scopes ${JSON.stringify(Object.keys(options.lora))}\nTip: lora.init(key, config, { scopes: ["${options.loraScope}"] })`,
-      );
-    }
-    if (scoped.length !== arch.depth) {
-      throw new ShapeError(`${name}: LoRA scope "${options.loraScope}" has ${scoped.length} layers, the model ${arch.depth}`);
-    }
-    lora = scoped;
-  }
-  const r = lora === null ? 1 : lora[0]!.q.A.aval.shape[1]!;
-  const loraScale = (options.loraAlpha ?? r) / r;
+  const lora = resolveLora(name, arch, options);
 
   const ctx: BlockContext = {
     c,
@@ -526,17 +597,16 @@ function forward(name: string, params: PalmParams, tokens: Value, options: Apply
     rotary: rotaryEmbedding(n, arch.dimHead, { xpos: c.causal && c.useXpos, scaleBase: c.xposScaleBase, dtype: arch.dtype }),
     keyMask: keyMask4,
     causalMask,
-    loraScale,
+    loraScale: lora.scale,
   };
+  return trunk(params, ids, ctx, lora.layers, options.key ?? null, options.extraEmbed ?? null, null).embeddings; // [b, n, dim]
+}
 
-  let x = np.take(params.tokenEmb, ids, 0); // [b, n, dim]
-  if (options.extraEmbed !== undefined && options.extraEmbed !== null) x = np.add(x, options.extraEmbed);
-  const key = options.key ?? null;
-  params.layers.forEach((lp, l) => {
-    const lk = key === null ? null : random.foldIn(key, l);
-    x = np.add(block(lp, x, ctx, lora === null ? null : lora[l]!, lk), x);
-  });
-  return layerNorm(x, params.norm.gamma); // [b, n, dim]
+/** Logits [b, n, numTokens] from the final embeddings [b, n, dim]. */
+function toLogits(params: PalmParams, embeddings: Value): Value {
+  // Tied input/output embeddings (Press & Wolf, https://arxiv.org/abs/1608.05859), as PaLM: the output
+  // projection is the embedding matrix, saving numTokens·dim params and regularising both.
+  return np.einsum("bnd,vd->bnv", embeddings, params.tokenEmb); // [b, n, dim] x [numTokens, dim] -> [b, n, numTokens]
 }
 
 /**
@@ -566,9 +636,7 @@ export function apply(params: PalmParams, tokens: ArrayLike, options?: ApplyOpti
 export function apply(params: PalmParams, tokens: ArrayLike, options: ApplyOptions = {}): Value | { logits: Value; embeddings: Value } {
   const b = batchArgs(checkTokens("palm.apply", tokens), options);
   let embeddings = forward("palm.apply", params, b.tokens, b.options); // [b, n, dim]
-  // Tied input/output embeddings (Press & Wolf, https://arxiv.org/abs/1608.05859), as PaLM: the output
-  // projection is the embedding matrix, saving numTokens·dim params and regularising both.
-  let logits = np.einsum("bnd,vd->bnv", embeddings, params.tokenEmb); // [b, n, dim] x [numTokens, dim] -> [b, n, numTokens]
+  let logits = toLogits(params, embeddings); // [b, n, numTokens]
   if (b.squeeze) {
     embeddings = np.squeeze(embeddings, 0); // [1, n, dim] -> [n, dim]
     logits = np.squeeze(logits, 0); // [1, n, numTokens] -> [n, numTokens]
@@ -616,4 +684,108 @@ export function loss(params: PalmParams, tokens: ArrayLike, options: LossOptions
   const ignoreIndex =
     options.ignoreIndex !== undefined ? options.ignoreIndex : options.config ? resolveConfig(options.config).crossEntropyIgnoreIndex : 0;
   return tokenCrossEntropy(logits, labels, { ignoreIndex, mask });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Cached decoding
+
+/** Per layer, the keys and values written so far: [batch, maxLen, dimHead] each (one k/v head). */
+export interface KvCache {
+  k: Value[];
+  v: Value[];
+}
+
+/** An empty cache (zeros, in the params' dtype and on their device) for `batch` rows of up to `maxLen` positions. */
+export function initCache(params: PalmParams, batch: number, maxLen: number): KvCache {
+  const arch = architecture(params);
+  if (!posInt(batch) || !posInt(maxLen)) throw new ArgumentError(`palm.initCache: batch and maxLen must be positive integers, got ${batch} and ${maxLen}`);
+  const device = params.tokenEmb instanceof Array ? params.tokenEmb.device : undefined;
+  const size = batch * maxLen * arch.dimHead;
+  const zeros = (): Value =>
+    np.array(arch.dtype === "float64" ? new Float64Array(size) : new Float32Array(size), { dtype: arch.dtype, shape: [batch, maxLen, arch.dimHead], device });
+  return { k: params.layers.map(zeros), v: params.layers.map(zeros) };
+}
+
+/** What `applyWithCache` takes besides the cache: fixed for a whole generation (static under jit). */
+export interface CacheOptions {
+  /** The config the params were made with (must be causal); PaLM's defaults without it. */
+  config?: PalmConfig;
+  lora?: LoraParams | null;
+  loraScope?: string | null;
+  loraAlpha?: number;
+}
+
+/**
+ * Cached decoding: logits [batch, n, numTokens] for tokens [batch, n] at the absolute positions
+ * position..position+n-1, attending to the cached positions before `position` and causally to each
+ * other; returns the cache with the chunk's keys and values written at `position`. It runs the same
+ * `block` as `apply`, so the logits agree with `apply` on the whole prefix up to rounding (the xPos
+ * exponent is centred on maxLen/2 instead of seq/2; the centre cancels in q·k).
+ *
+ * `position` is an int32 scalar and may be traced (one jit trace serves every decode step); n is
+ * static. Cache slots after position+n-1 are masked out, whatever they hold. The chunk must fit:
+ * position + n <= maxLen (checked for a JS number; for an array it is the caller's contract, as reading
+ * it would force a device sync).
+ */
+export function applyWithCache(
+  params: PalmParams,
+  tokens: ArrayLike,
+  cache: KvCache,
+  position: ArrayLike,
+  options: CacheOptions = {},
+): { logits: Value; cache: KvCache } {
+  const name = "palm.applyWithCache";
+  const t = checkTokens(name, tokens);
+  if (t.aval.ndim !== 2) throw new ShapeError(`${name}: tokens must be [batch, n], got ${t.aval.str()}\nTip: np.expandDims(tokens, 0) for one row`);
+  const arch = architecture(params);
+  const c = configFor(arch, options.config);
+  if (!c.causal) throw new ArgumentError(`${name}: needs a causal model, got config.causal false`);
+  const lora = resolveLora(name, arch, options);
+  const [b, n] = t.aval.shape as [number, number];
+
+  if (typeof cache !== "object" || cache === null || !globalThis.Array.isArray(cache.k) || !globalThis.Array.isArray(cache.v)) {
+    throw new ArgumentError(`${name}: cache must be { k: Value[], v: Value[] } (from palm.initCache)`);
+  }
+  if (cache.k.length !== arch.depth || cache.v.length !== arch.depth) {
+    throw new ShapeError(`${name}: the cache must have ${arch.depth} layers of k and v, got ${cache.k.length} and ${cache.v.length}`);
+  }
+  const maxLen = cache.k[0]!.aval.shape[1]!;
+  for (const kv of [...cache.k, ...cache.v]) {
+    const s = kv.aval.shape;
+    if (s.length !== 3 || s[0] !== b || s[1] !== maxLen || s[2] !== arch.dimHead || kv.aval.dtype !== arch.dtype) {
+      throw new ShapeError(`${name}: cache entries must be ${arch.dtype}[${b}, ${maxLen}, ${arch.dimHead}] (batch, maxLen, dimHead), got ${kv.aval.str()}`);
+    }
+  }
+  if (n > maxLen) throw new ShapeError(`${name}: ${n} tokens do not fit a cache of ${maxLen} positions`);
+
+  const device = params.tokenEmb instanceof Array ? params.tokenEmb.device : undefined;
+  const pos = typeof position === "number" ? np.array(new Int32Array([position]), { shape: [], device }) : np.asArray(position, name);
+  if (pos.aval.ndim !== 0) throw new ShapeError(`${name}: position must be a scalar (shared by every row), got ${pos.aval.str()}`);
+  if (!isInt(pos.aval.dtype)) throw new DTypeError(`${name}: position must be an integer, got ${pos.aval.str()}`);
+  // dynamicUpdateSlice would clamp an out-of-range start (a silent wrong answer): check what can be
+  // checked without reading a device (a JS number); array positions are the caller's contract.
+  if (typeof position === "number" && (!Number.isInteger(position) || position < 0 || position + n > maxLen)) {
+    throw new ShapeError(`${name}: positions ${position}..${position + n - 1} must lie in the cache's [0, ${maxLen}), got position ${position} with ${n} tokens`);
+  }
+  const s = np.astype(pos, "int32");
+  const zero = np.zeros([], { dtype: "int32" });
+
+  // Rotary angles (and xPos scales) at the absolute positions s..s+n-1.
+  const full = rotaryEmbedding(maxLen, arch.dimHead, { xpos: c.useXpos, scaleBase: c.xposScaleBase, dtype: arch.dtype });
+  const rows = (x: Value | null): Value | null => (x === null ? null : lax.dynamicSlice(x, [s, zero], [n, arch.dimHead])); // [maxLen, d] -> [n, d]
+  // Causal mask by absolute position: query s+i sees key j iff j <= s+i (unwritten slots are later).
+  const qPos = np.add(np.arange(n, undefined, 1, { dtype: "int32" }), s); // [n]
+  const kPos = np.arange(maxLen, undefined, 1, { dtype: "int32" }); // [maxLen]
+  const causalMask = np.greater(np.reshape(kPos, [1, maxLen]), np.reshape(qPos, [n, 1])); // [1, maxLen] > [n, 1] -> [n(i), maxLen(j)]
+
+  const ctx: BlockContext = {
+    c,
+    arch,
+    rotary: { freqs: rows(full.freqs)!, scale: rows(full.scale), invScale: rows(full.invScale) },
+    keyMask: null,
+    causalMask,
+    loraScale: lora.scale,
+  };
+  const r = trunk(params, t, ctx, lora.layers, null, null, { kv: cache, start: s });
+  return { logits: toLogits(params, r.embeddings), cache: r.cache! };
 }
