@@ -5,7 +5,7 @@
  * bench/palm_train_torch.py (the same model in plain eager torch, same sizes, AdamW, 2 threads) as the
  * peer. Prints both and the ratio.
  *
- * Run: `npx tsx bench/palm-train.ts [--steps N] [--warmup N] [--python /usr/bin/python3] [--no-torch]`.
+ * Run: `npx tsx bench/palm-train.ts [--steps N] [--warmup N] [--device cpu|webgpu] [--python /usr/bin/python3] [--no-torch]`.
  * Tokens per step are batch·seq (the step reads all of them; the loss predicts seq-1 per row), the same
  * count on both sides. Warm-up steps (webgrad: the first traces and compiles) are not timed. webgrad
  * uses every core of the machine (WEBGRAD_THREADS caps it); compare on a machine where that equals
@@ -14,7 +14,7 @@
 import { spawnSync } from "node:child_process";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
-import { jit, np, optim, palm, random, valueAndGrad } from "../src/index.js";
+import { initWebGpu, jit, np, optim, palm, random, setDefaultDevice, valueAndGrad, webGpuUnavailableReason } from "../src/index.js";
 import type { Array as WArray, Value } from "../src/index.js";
 import type { PalmConfig, PalmParams } from "../src/nn/palm.js";
 
@@ -26,6 +26,7 @@ function arg(name: string, fallback: string): string {
 const steps = Number(arg("steps", "10"));
 const warmup = Number(arg("warmup", "2"));
 const python = arg("python", "/usr/bin/python3");
+const deviceName = arg("device", "cpu");
 const sizes = { numTokens: 256, dim: 256, depth: 4, heads: 8, dimHead: 32, ffMult: 4, seq: 128, batch: 8, lr: 3e-4, weightDecay: 0.1 };
 
 interface Result {
@@ -38,6 +39,11 @@ interface Result {
 }
 
 async function webgrad(): Promise<Result> {
+  if (deviceName === "webgpu") {
+    const dev = await initWebGpu();
+    if (!dev) throw new Error(`--device webgpu: no adapter (${webGpuUnavailableReason()})`);
+    setDefaultDevice(dev);
+  }
   const config: PalmConfig = { numTokens: sizes.numTokens, dim: sizes.dim, depth: sizes.depth, heads: sizes.heads, dimHead: sizes.dimHead, ffMult: sizes.ffMult, crossEntropyIgnoreIndex: null };
   const lossFn = (p: PalmParams, t: Value): Value => palm.loss(p, t, { config });
   const opt = optim.adamw(sizes.lr, { weightDecay: sizes.weightDecay });
@@ -91,7 +97,7 @@ function torchPeer(): (Result & { torch: string; threads: number }) | string {
 
 async function main(): Promise<void> {
   const wasmInfo = await import("../src/ops/backend/cpu/wasm/index.js").then((m) => m.cpuWasmInfo()).catch((e: Error) => `unavailable (${e.message})`);
-  console.log(`PaLM training step, CPU backend: dim ${sizes.dim}, depth ${sizes.depth}, ${sizes.heads} heads × ${sizes.dimHead}, ffMult ${sizes.ffMult}, vocab ${sizes.numTokens}, seq ${sizes.seq}, batch ${sizes.batch}, float32`);
+  console.log(`PaLM training step, ${deviceName} backend: dim ${sizes.dim}, depth ${sizes.depth}, ${sizes.heads} heads × ${sizes.dimHead}, ffMult ${sizes.ffMult}, vocab ${sizes.numTokens}, seq ${sizes.seq}, batch ${sizes.batch}, float32`);
   console.log(`machine: ${os.cpus()[0]?.model} × ${os.cpus().length}; webgrad CPU fast path: ${JSON.stringify(wasmInfo)}`);
   console.log(`timed steps: ${steps} after ${warmup} warm-up steps\n`);
   const w = await webgrad();

@@ -41,4 +41,5 @@ export type { CheckGradsOptions, GradCheckSummary, GradCheckRecord, GradCheckFai
 export { scope, keep, dispose } from "./ops/memory.js";
 export { devices, defaultDevice, devicePut, memoryStats, setDefaultDevice } from "./ops/devices.js";
 export { initWebGpu, adapterInfo, webGpuUnavailableReason } from "./ops/backend/webgpu/index.js";
+export { setCpuThreads, shutdownCpuWasmPool, cpuWasmInfo, configureCpuWasm } from "./ops/backend/cpu/wasm/index.js";
 export * from "./autodiff/errors.js";

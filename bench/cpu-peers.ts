@@ -1,0 +1,363 @@
+/**
+ * @file Float32 matmul GFLOP/s of webgrad's CPU backend (through `np.matmul`, Wasm SIMD kernels on all
+ * threads) against its peers, all in the same run on the same machine: onnxruntime-node (2 intra-op
+ * threads), tfjs-backend-wasm (SIMD), jax-js (its Wasm backend). Prints a Markdown table with ratios.
+ *
+ * Run: `cd bench && npm ci && npx tsx cpu-peers.ts [sizes...]` (default 256 512 1024 2048). The peers
+ * are installed in bench/ only (`ONNXRUNTIME_NODE_INSTALL=skip` is fine: the CPU binaries ship inside
+ * the npm package). A peer that fails to load is reported as "n/a" with the reason.
+ *
+ * Peers are timed in interleaved rounds (ROUNDS rounds of ~ROUND_MS per peer, after 2 warm-up runs),
+ * so that load from other processes hits all of them alike. Each cell is the median over rounds of
+ * the round's best run, and (in parentheses) the best run overall; every run includes getting the
+ * result back as a host Float32Array. On a shared machine the median moves with other load, the best
+ * much less.
+ */
+import { configureCpuWasm, cpuWasmInfo, cpuWasmOptions, shutdownCpuWasmPool } from "../src/ops/backend/cpu/wasm/index.js";
+import { np } from "../src/index.js";
+import type { Array as WArray } from "../src/index.js";
+
+type Runner = () => Promise<Float32Array | ArrayLike<number>>;
+interface Peer {
+  name: string;
+  /** Builds a runner for n x n operands (host data given), or throws. */
+  setup(n: number, a: Float32Array, b: Float32Array): Promise<Runner>;
+  close?(): Promise<void>;
+}
+
+/**
+ * Imports a peer installed in bench/node_modules. The specifier goes through a variable so that the
+ * root type-check (which does not install the peers) does not resolve it; each use site states the
+ * slice of the peer's API it relies on.
+ */
+async function importPeer<T>(name: string): Promise<T> {
+  return (await import(name)) as T;
+}
+
+interface OrtTensor {
+  readonly data: unknown;
+}
+interface Ort {
+  InferenceSession: {
+    create(model: Uint8Array, options: object): Promise<{
+      run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
+      release(): Promise<void>;
+    }>;
+  };
+  Tensor: new (type: "float32", data: Float32Array, dims: number[]) => OrtTensor;
+}
+interface TfTensor {
+  dataSync(): unknown;
+  dispose(): void;
+}
+interface Tf {
+  setBackend(name: string): Promise<boolean>;
+  ready(): Promise<void>;
+  tensor2d(data: Float32Array, shape: [number, number]): TfTensor;
+  matMul(a: TfTensor, b: TfTensor): TfTensor;
+}
+interface JaxArray {
+  readonly ref: JaxArray;
+  reshape(shape: number[]): JaxArray;
+  data(): Promise<unknown>;
+}
+interface Jax {
+  init(): Promise<string[]>;
+  defaultDevice(device: string): void;
+  numpy: { array(data: Float32Array): JaxArray; matmul(a: JaxArray, b: JaxArray): JaxArray };
+}
+
+const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
+const SIZES = sizes.length > 0 ? sizes : [256, 512, 1024, 2048];
+const ORT_THREADS = 2;
+/** Interleaved timing rounds per size, and the time per peer per round. */
+const ROUNDS = 7;
+const ROUND_MS = 250;
+
+function rand(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = s / 2 ** 32 - 0.5;
+  }
+  return a;
+}
+
+/**
+ * Times several runners in interleaved rounds (each round: every runner for ~ROUND_MS, at least one
+ * run), so that load from other processes on a shared machine hits all peers alike. Per runner:
+ * the median over rounds of the round's best run, and the best run overall, as GFLOP/s.
+ */
+async function measureInterleaved(
+  runs: readonly (Runner | null)[], flops: number,
+): Promise<({ median: number; best: number } | undefined)[]> {
+  for (const run of runs) {
+    if (run === null) continue;
+    await run();
+    await run();
+  }
+  const perRound: number[][] = runs.map(() => []);
+  for (let r = 0; r < ROUNDS; r++) {
+    for (let i = 0; i < runs.length; i++) {
+      const run = runs[i];
+      if (run === null || run === undefined) continue;
+      let best = Infinity;
+      const start = performance.now();
+      do {
+        const t0 = performance.now();
+        await run();
+        best = Math.min(best, performance.now() - t0);
+      } while (performance.now() - start < ROUND_MS);
+      perRound[i]!.push(best);
+    }
+  }
+  const g = (ms: number): number => flops / ms / 1e6;
+  return perRound.map((ts) => {
+    if (ts.length === 0) return undefined;
+    const sorted = [...ts].sort((x, y) => x - y);
+    return { median: g(sorted[Math.floor(sorted.length / 2)]!), best: g(sorted[0]!) };
+  });
+}
+
+/** A minimal ONNX model: Y = MatMul(A, B) with symbolic dims (hand-encoded protobuf). */
+function onnxMatmulModel(): Uint8Array {
+  const out: number[] = [];
+  const varint = (v: number, o: number[]): void => {
+    while (v > 127) {
+      o.push((v & 127) | 128);
+      v = Math.floor(v / 128);
+    }
+    o.push(v);
+  };
+  const field = (num: number, wire: number, o: number[]): void => varint(num * 8 + wire, o);
+  const bytes = (num: number, body: number[] | string, o: number[]): void => {
+    const b = typeof body === "string" ? [...new TextEncoder().encode(body)] : body;
+    field(num, 2, o);
+    varint(b.length, o);
+    o.push(...b);
+  };
+  const int = (num: number, v: number, o: number[]): void => {
+    field(num, 0, o);
+    varint(v, o);
+  };
+  const valueInfo = (name: string, dims: string[]): number[] => {
+    const shape: number[] = [];
+    for (const d of dims) {
+      const dim: number[] = [];
+      bytes(2, d, dim); // dim_param
+      bytes(1, dim, shape);
+    }
+    const tensor: number[] = [];
+    int(1, 1, tensor); // elem_type FLOAT
+    bytes(2, shape, tensor);
+    const type: number[] = [];
+    bytes(1, tensor, type);
+    const vi: number[] = [];
+    bytes(1, name, vi);
+    bytes(2, type, vi);
+    return vi;
+  };
+  const node: number[] = [];
+  bytes(1, "A", node);
+  bytes(1, "B", node);
+  bytes(2, "Y", node);
+  bytes(3, "matmul", node);
+  bytes(4, "MatMul", node);
+  const graph: number[] = [];
+  bytes(1, node, graph);
+  bytes(2, "g", graph);
+  bytes(11, valueInfo("A", ["M", "K"]), graph);
+  bytes(11, valueInfo("B", ["K", "N"]), graph);
+  bytes(12, valueInfo("Y", ["M", "N"]), graph);
+  const opset: number[] = [];
+  bytes(1, "", opset);
+  int(2, 13, opset);
+  int(1, 8, out); // ir_version
+  bytes(7, graph, out);
+  bytes(8, opset, out);
+  return new Uint8Array(out);
+}
+
+const webgrad: Peer = {
+  name: "webgrad",
+  async setup(n, a, b) {
+    const x = np.array(a, { shape: [n, n] });
+    const y = np.array(b, { shape: [n, n] });
+    return async () => {
+      const z = np.matmul(x, y) as WArray;
+      const d = z.dataSync() as Float32Array;
+      z.dispose();
+      return d;
+    };
+  },
+};
+
+const webgrad1: Peer = {
+  name: "webgrad 1 thread",
+  async setup(n, a, b) {
+    const run = await webgrad.setup(n, a, b);
+    return async () => {
+      // Every product below `parallelMinMacs` runs on the main thread alone.
+      const saved = cpuWasmOptions.parallelMinMacs;
+      configureCpuWasm({ parallelMinMacs: Infinity });
+      try {
+        return await run();
+      } finally {
+        configureCpuWasm({ parallelMinMacs: saved });
+      }
+    };
+  },
+};
+
+async function ortPeer(): Promise<Peer> {
+  const ort = await importPeer<Ort>("onnxruntime-node");
+  const session = await ort.InferenceSession.create(onnxMatmulModel(), {
+    intraOpNumThreads: ORT_THREADS,
+    interOpNumThreads: 1,
+    executionMode: "sequential",
+    graphOptimizationLevel: "all",
+  });
+  return {
+    name: `onnxruntime-node (${ORT_THREADS} thr)`,
+    async setup(n, a, b) {
+      const ta = new ort.Tensor("float32", a, [n, n]);
+      const tb = new ort.Tensor("float32", b, [n, n]);
+      return async () => {
+        const r = await session.run({ A: ta, B: tb });
+        return r["Y"]!.data as Float32Array;
+      };
+    },
+    async close() {
+      await session.release();
+    },
+  };
+}
+
+async function tfjsPeer(): Promise<Peer> {
+  const tf = await importPeer<Tf>("@tensorflow/tfjs-core");
+  await importPeer<unknown>("@tensorflow/tfjs-backend-wasm");
+  if (!(await tf.setBackend("wasm"))) throw new Error("tf.setBackend('wasm') failed");
+  await tf.ready();
+  return {
+    name: "tfjs-backend-wasm",
+    async setup(n, a, b) {
+      const ta = tf.tensor2d(a, [n, n]);
+      const tb = tf.tensor2d(b, [n, n]);
+      return async () => {
+        const c = tf.matMul(ta, tb);
+        const d = c.dataSync() as Float32Array;
+        c.dispose();
+        return d;
+      };
+    },
+  };
+}
+
+async function jaxPeer(): Promise<Peer> {
+  // jax-js reads `navigator` (hardwareConcurrency) at load; Node 20 has no global navigator (21+ does).
+  const g = globalThis as { navigator?: object };
+  if (g.navigator === undefined) {
+    const { availableParallelism } = await import("node:os");
+    g.navigator = { hardwareConcurrency: availableParallelism(), userAgent: `Node.js/${process.version}` };
+  }
+  const jax = await importPeer<Jax>("@jax-js/jax");
+  const devices = await jax.init();
+  if (!devices.includes("wasm")) throw new Error(`no wasm device (have ${devices.join(", ")})`);
+  jax.defaultDevice("wasm");
+  const jnp = jax.numpy;
+  return {
+    name: "jax-js (wasm)",
+    async setup(n, a, b) {
+      const ja = jnp.array(a).reshape([n, n]);
+      const jb = jnp.array(b).reshape([n, n]);
+      return async () => {
+        // jax-js consumes its arguments: `.ref` keeps the operands alive across runs.
+        const c = jnp.matmul(ja.ref, jb.ref);
+        return (await c.data()) as Float32Array;
+      };
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const peers: Peer[] = [webgrad, webgrad1];
+  const missing: string[] = [];
+  for (const [label, make] of [
+    ["onnxruntime-node", ortPeer],
+    ["tfjs-backend-wasm", tfjsPeer],
+    ["jax-js", jaxPeer],
+  ] as const) {
+    try {
+      peers.push(await make());
+    } catch (e) {
+      missing.push(`${label}: n/a (${String(e).split("\n")[0]})`);
+    }
+  }
+  const info = cpuWasmInfo();
+  console.log(
+    `webgrad CPU: wasm=${info.available} shared=${info.sharedMemory} relaxed-simd=${info.relaxedSimd} ` +
+      `threads=${info.threads}; node ${process.version}`,
+  );
+  for (const m of missing) console.log(m);
+
+  const results = new Map<string, Map<number, { median: number; best: number }>>();
+  for (const n of SIZES) {
+    const a = rand(n * n, 1);
+    const b = rand(n * n, 2);
+    // Every peer's product is checked against the first one's (loose: float32 sums in any order).
+    let ref: Float32Array | null = null;
+    const runs: (Runner | null)[] = [];
+    for (const p of peers) {
+      try {
+        const run = await p.setup(n, a, b);
+        const c = await run();
+        if (ref === null) ref = Float32Array.from(c as ArrayLike<number>);
+        else {
+          let err = 0;
+          for (let i = 0; i < ref.length; i += 97) err = Math.max(err, Math.abs(ref[i]! - (c[i] as number)));
+          if (!(err < 1e-3 * Math.sqrt(n))) throw new Error(`${p.name} disagrees with webgrad at n=${n}: ${err}`);
+        }
+        runs.push(run);
+      } catch (e) {
+        console.log(`${p.name} n=${n}: ${String(e).split("\n")[0]}`);
+        runs.push(null);
+      }
+    }
+    const measured = await measureInterleaved(runs, 2 * n * n * n);
+    peers.forEach((p, i) => {
+      const row = results.get(p.name) ?? new Map<number, { median: number; best: number }>();
+      results.set(p.name, row);
+      const v = measured[i];
+      if (v !== undefined) row.set(n, v);
+    });
+  }
+  for (const p of peers) await p.close?.();
+
+  const ortName = peers.find((p) => p.name.startsWith("onnxruntime"))?.name;
+  const fmt = (v: { median: number; best: number } | undefined): string =>
+    v === undefined ? "n/a" : `${v.median.toFixed(1)} (${v.best.toFixed(1)})`;
+  console.log("\nfloat32 matmul, GFLOP/s: median over rounds of each round's best run (best run overall)");
+  console.log(`| n | ${peers.map((p) => p.name).join(" | ")} | webgrad / ${ortName ?? "onnxruntime"} |`);
+  console.log(`|---|${peers.map(() => "---").join("|")}|---|`);
+  for (const n of SIZES) {
+    const w = results.get("webgrad")?.get(n);
+    const o = ortName ? results.get(ortName)?.get(n) : undefined;
+    const ratio = w && o ? `${(w.median / o.median).toFixed(2)}x (best ${(w.best / o.best).toFixed(2)}x)` : "n/a";
+    console.log(`| ${n} | ${peers.map((p) => fmt(results.get(p.name)?.get(n))).join(" | ")} | ${ratio} |`);
+  }
+  console.log("\nratios webgrad / peer (medians):");
+  for (const n of SIZES) {
+    const w = results.get("webgrad")?.get(n);
+    const parts = peers
+      .filter((p) => p.name !== "webgrad")
+      .map((p) => {
+        const v = results.get(p.name)?.get(n);
+        return `${p.name} ${w && v ? (w.median / v.median).toFixed(2) + "x" : "n/a"}`;
+      });
+    console.log(`  n=${n}: ${parts.join(", ")}`);
+  }
+  await shutdownCpuWasmPool();
+}
+
+await main();

@@ -1,0 +1,39 @@
+/**
+ * @file The CPU backend's WebAssembly fast path (public surface). Read gemm.ts (the product and its
+ * work split), then pool.ts (memory, workers, thread count), job-runner.ts (the hand-off protocol),
+ * gemm-kernels.ts (the generated SIMD kernels) and emitter.ts (the binary encoder); elementwise.ts
+ * holds the float32 binary ops.
+ *
+ * Environment: `WEBGRAD_THREADS` caps the threads (default: all cores), `WEBGRAD_CPU_WASM=0` turns
+ * the fast path off, `WEBGRAD_CPU_SHARED=0` forces unshared memory (single-threaded), and
+ * `NODE_DEBUG=webgrad` prints why the fast path is unavailable, if it is.
+ */
+export { configureCpuWasm, cpuWasmOptions, wasmGemm, type CpuWasmOptions, type GemmOperand } from "./gemm.js";
+export { setCpuThreads, shutdownCpuWasmPool } from "./pool.js";
+export { wasmBinaryF32, WASM_BINARY_MIN, type WasmBinaryOp } from "./elementwise.js";
+import { CTRL_WORKER_TASKS } from "./job-runner.js";
+import { getRuntime } from "./pool.js";
+
+/** What the fast path runs on here (creates the runtime if needed; starts no workers). */
+export function cpuWasmInfo(): {
+  available: boolean;
+  sharedMemory: boolean;
+  relaxedSimd: boolean;
+  threads: number;
+  workersRunning: number;
+  /** Tasks the workers have run since the runtime started (0: everything ran on the main thread). */
+  workerTasks: number;
+} {
+  const rt = getRuntime();
+  if (rt === null) {
+    return { available: false, sharedMemory: false, relaxedSimd: false, threads: 1, workersRunning: 0, workerTasks: 0 };
+  }
+  return {
+    available: true,
+    sharedMemory: rt.shared,
+    relaxedSimd: rt.relaxed,
+    threads: rt.threads,
+    workersRunning: rt.workerCount,
+    workerTasks: Atomics.load(rt.ctrl, CTRL_WORKER_TASKS),
+  };
+}

@@ -1,0 +1,270 @@
+/**
+ * @file The Wasm runtime of the CPU fast path: one `WebAssembly.Memory` (shared when the engine allows,
+ * backed by a SharedArrayBuffer), the generated GEMM module instantiated on the main thread, and a
+ * persistent pool of `worker_threads` (started lazily, on the first product large enough to split)
+ * that instantiate the same module on the same memory. Jobs are handed off through control words in
+ * that memory (job-runner.ts); the main thread takes part in every job.
+ *
+ * Threads: `WEBGRAD_THREADS` (total, main thread included) caps the pool; the default is
+ * `os.availableParallelism()`. Without shared memory everything runs on the main thread. Workers are
+ * `unref`ed, so they never keep the process alive; `shutdownCpuWasmPool()` stops them explicitly.
+ *
+ * Memory layout (bytes): [0, 256) control words; [256, 512) zeros (pack padding reads them);
+ * [512, 1024) fence scratch (never written in practice); from 64 KiB, one packed-A block per thread;
+ * after them the current job's A and B (as copied in), the packed B and the tile-padded C. The memory
+ * grows to the largest job seen and is not shrunk (it is reused by every later job).
+ *
+ * On an oversubscribed machine (other processes busy on the cores) a worker can be descheduled while
+ * it holds a task and the main thread then waits for it; there WEBGRAD_THREADS=1 can be faster.
+ */
+import { availableParallelism } from "node:os";
+import { debuglog } from "node:util";
+import { Worker } from "node:worker_threads";
+import { wasmApi, type WasmMemory, type WasmModule } from "./wasm-api.js";
+import { gemmModuleBytes, relaxedSimdAvailable, type GemmExports, type TileShape } from "./gemm-kernels.js";
+import {
+  CTRL_AREADY, CTRL_DONE, CTRL_FAILED, CTRL_NTASKS, CTRL_P, CTRL_PACKED, CTRL_QUIT, CTRL_THREADS, CTRL_W,
+  CTRL_WORDS, GEN_MASK, JOB_FIELDS, mainRunner, MAX_TASKS, workerSource, type Job,
+} from "./job-runner.js";
+
+const debug = debuglog("webgrad");
+
+/** Register tile and cache blocking of one element type (MC a multiple of MR). */
+export interface Blocking extends TileShape {
+  readonly mc: number;
+  readonly kc: number;
+}
+
+/**
+ * Tuned on a 2-core AMD EPYC (Zen 4) under Node 20 (bench/cpu-peers.ts): 2 x 16 tiles (8 v128
+ * accumulators, 4 B vectors, 1 broadcast, 1 product: 14 of V8's 15 usable xmm registers), k unrolled 4
+ * times; the A block (MC x KC) stays in L2, a B sliver (KC x NR) in L1, the packed B in L3.
+ */
+export const F32_BLOCKING: Blocking = { mr: 2, nr: 16, unroll: 4, fenceRows: 0, mc: 128, kc: 256 };
+export const F64_BLOCKING: Blocking = { mr: 2, nr: 8, unroll: 4, fenceRows: 0, mc: 128, kc: 128 };
+
+const PAGE = 65536;
+const ZERO_ADDR = 256;
+const SCRATCH_ADDR = 512;
+const PACK0 = PAGE;
+/** 2 GiB: every byte address stays a non-negative int32. */
+const MAX_PAGES = 32768;
+/** Spin iterations of an idle worker before it sleeps (a few tens of microseconds). */
+const WORKER_SPIN = 20000;
+/** Spin iterations of the main thread before it sleeps waiting for workers. */
+const MAIN_SPIN = 100000;
+
+/** Bytes of one thread's packed-A block (the larger of the two element types, 64-byte aligned). */
+const A_PACK_BYTES =
+  Math.ceil(Math.max(F32_BLOCKING.mc * F32_BLOCKING.kc * 4, F64_BLOCKING.mc * F64_BLOCKING.kc * 8) / 64) * 64;
+
+/** Thread count from `WEBGRAD_THREADS` (a positive integer), else the machine's parallelism. */
+function defaultThreads(): number {
+  const env = typeof process !== "undefined" ? process.env.WEBGRAD_THREADS : undefined;
+  const n = env === undefined || env === "" ? NaN : Number(env);
+  if (Number.isInteger(n) && n >= 1) return n;
+  if (env !== undefined && env !== "") debug("WEBGRAD_THREADS=%s is not a positive integer; using all cores", env);
+  try {
+    return Math.max(1, availableParallelism());
+  } catch {
+    return 1;
+  }
+}
+
+/** The runtime: memory, main-thread instance, workers. */
+export class WasmRuntime {
+  readonly memory: WasmMemory;
+  readonly shared: boolean;
+  readonly module: WasmModule;
+  readonly ex: GemmExports;
+  /** The control words (re-made after a grow: an unshared memory's old buffer is detached by it). */
+  ctrl: Int32Array;
+  relaxed: boolean;
+  /** Total threads for large products (main included). */
+  threads: number;
+  #workers: Worker[] = [];
+  #gen = 0;
+  #runJob: (c: Int32Array, ex: object, tid: number) => number;
+  #closed = false;
+
+  constructor(threads: number) {
+    const wa = wasmApi;
+    if (wa === undefined) throw new Error("no WebAssembly in this engine");
+    let memory: WasmMemory;
+    let shared = typeof SharedArrayBuffer !== "undefined" && process.env.WEBGRAD_CPU_SHARED !== "0";
+    try {
+      memory = new wa.Memory({ initial: 2, maximum: MAX_PAGES, shared });
+      if (shared && !(memory.buffer instanceof SharedArrayBuffer)) shared = false;
+    } catch {
+      shared = false;
+      memory = new wa.Memory({ initial: 2, maximum: MAX_PAGES });
+    }
+    this.memory = memory;
+    this.shared = shared;
+    const build = (relaxed: boolean): Uint8Array =>
+      gemmModuleBytes({
+        f32: F32_BLOCKING,
+        f64: F64_BLOCKING,
+        relaxed,
+        shared,
+        zeroAddr: ZERO_ADDR,
+        scratchAddr: SCRATCH_ADDR,
+        initialPages: 2,
+        maximumPages: MAX_PAGES,
+      });
+    this.relaxed = relaxedSimdAvailable();
+    let bytes = build(this.relaxed);
+    if (this.relaxed && !wa.validate(bytes)) {
+      debug("cpu wasm: the relaxed-SIMD GEMM module does not validate; using mul + add");
+      this.relaxed = false;
+      bytes = build(false);
+    }
+    if (!wa.validate(bytes)) throw new Error("the generated GEMM module does not validate");
+    this.module = new wa.Module(bytes);
+    this.ex = new wa.Instance(this.module, { env: { memory } }).exports as unknown as GemmExports;
+    this.ctrl = new Int32Array(memory.buffer, 0, CTRL_WORDS);
+    this.#runJob = mainRunner().runJob;
+    this.threads = shared ? Math.max(1, threads) : 1;
+  }
+
+  /** The memory's maximum size in 64 KiB pages (other modules importing it must declare the same). */
+  get maximumPages(): number {
+    return MAX_PAGES;
+  }
+
+  get workerCount(): number {
+    return this.#workers.length;
+  }
+
+  /** Where each thread's packed-A block is. */
+  get packLayout(): { aPack0: number; aPackStride: number } {
+    return { aPack0: PACK0, aPackStride: A_PACK_BYTES };
+  }
+
+  /** First free byte after the per-thread pack buffers (for `threads` threads). */
+  get operandBase(): number {
+    return PACK0 + Math.max(this.threads, 1) * A_PACK_BYTES;
+  }
+
+  /** Grows the memory to at least `bytes`; false when that exceeds the maximum. */
+  ensure(bytes: number): boolean {
+    const have = this.memory.buffer.byteLength;
+    if (bytes <= have) return true;
+    const pages = Math.ceil((bytes - have) / PAGE);
+    if (have / PAGE + pages > MAX_PAGES) return false;
+    try {
+      this.memory.grow(pages);
+      this.ctrl = new Int32Array(this.memory.buffer, 0, CTRL_WORDS);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Starts the workers (threads - 1 of them) if not running yet. */
+  startWorkers(): void {
+    if (this.#closed || !this.shared || this.#workers.length >= this.threads - 1) return;
+    const src = workerSource(WORKER_SPIN);
+    for (let tid = this.#workers.length + 1; tid < this.threads; tid++) {
+      try {
+        const w = new Worker(src, { eval: true, workerData: { module: this.module, memory: this.memory, tid } });
+        w.unref();
+        w.on("error", (e) => debug("cpu wasm worker %d failed: %s", tid, String(e)));
+        this.#workers.push(w);
+      } catch (e) {
+        debug("cpu wasm: could not start a worker (%s); continuing with %d threads", String(e), tid);
+        this.threads = tid;
+        break;
+      }
+    }
+  }
+
+  /**
+   * Runs a job on `threads` threads (the main thread and workers 1..threads-1): writes its parameters,
+   * publishes `tasks` tasks, runs `prepare` (copying A in while the workers start on B), takes part, and
+   * waits for all tasks (with `mainTakesPart` false, a testing aid, the workers run every task).
+   * Returns false when a task failed.
+   */
+  run(job: Job, tasks: number, threads: number, prepare: () => void, mainTakesPart = true): boolean {
+    if (tasks < 1 || tasks > MAX_TASKS) throw new RangeError(`cpu wasm: 1..${MAX_TASKS} tasks, got ${tasks}`);
+    const c = this.ctrl;
+    for (let i = 0; i < JOB_FIELDS.length; i++) c[CTRL_P + i] = job[JOB_FIELDS[i]!] | 0;
+    c[CTRL_NTASKS] = tasks;
+    Atomics.store(c, CTRL_DONE, 0);
+    Atomics.store(c, CTRL_PACKED, 0);
+    Atomics.store(c, CTRL_FAILED, 0);
+    Atomics.store(c, CTRL_AREADY, 0);
+    Atomics.store(c, CTRL_THREADS, threads);
+    this.#gen = (this.#gen + 1) & GEN_MASK;
+    Atomics.store(c, CTRL_W, (this.#gen << 12) | tasks);
+    if (tasks > 1 && threads > 1 && this.#workers.length > 0) Atomics.notify(c, CTRL_W);
+    // Workers may already be running tasks: whatever happens, finish the job before returning.
+    let error: unknown = null;
+    try {
+      prepare();
+    } catch (e) {
+      error = e;
+      Atomics.store(c, CTRL_FAILED, 1);
+    }
+    Atomics.store(c, CTRL_AREADY, 1);
+    if (mainTakesPart || threads < 2 || this.#workers.length === 0) this.#runJob(c, this.ex, 0);
+    for (let i = 0; Atomics.load(c, CTRL_DONE) !== tasks; i++) {
+      if (i > MAIN_SPIN) {
+        const done = Atomics.load(c, CTRL_DONE);
+        if (done !== tasks) Atomics.wait(c, CTRL_DONE, done, 50);
+      }
+    }
+    if (error !== null) throw error;
+    return Atomics.load(c, CTRL_FAILED) === 0;
+  }
+
+  /** Stops the workers; the runtime stays usable single-threaded. */
+  async shutdown(): Promise<void> {
+    const c = this.ctrl;
+    Atomics.store(c, CTRL_QUIT, 1);
+    this.#gen = (this.#gen + 1) & GEN_MASK;
+    Atomics.store(c, CTRL_W, this.#gen << 12);
+    Atomics.notify(c, CTRL_W);
+    const workers = this.#workers;
+    this.#workers = [];
+    await Promise.all(workers.map((w) => w.terminate()));
+    Atomics.store(c, CTRL_QUIT, 0);
+  }
+}
+
+let runtime: WasmRuntime | null = null;
+let failed = false;
+let requestedThreads: number | undefined;
+
+/** The runtime, created on first use; null when Wasm SIMD is unavailable (noted once under NODE_DEBUG=webgrad). */
+export function getRuntime(): WasmRuntime | null {
+  if (runtime !== null || failed) return runtime;
+  try {
+    runtime = new WasmRuntime(requestedThreads ?? defaultThreads());
+  } catch (e) {
+    failed = true;
+    debug("cpu wasm fast path unavailable, using the TypeScript kernels: %s", String(e));
+  }
+  return runtime;
+}
+
+/**
+ * Sets the thread count (main thread included) for large products; `undefined` restores the default
+ * (`WEBGRAD_THREADS`, else all cores). Running workers beyond the new count are stopped.
+ */
+export async function setCpuThreads(threads: number | undefined): Promise<void> {
+  if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
+    throw new RangeError(`setCpuThreads: a positive integer, got ${threads}`);
+  }
+  requestedThreads = threads;
+  const rt = runtime;
+  if (rt === null) return;
+  const want = rt.shared ? (threads ?? defaultThreads()) : 1;
+  if (rt.workerCount > want - 1) await rt.shutdown();
+  rt.threads = want;
+}
+
+/** Stops the worker pool (it restarts lazily on the next large product). */
+export async function shutdownCpuWasmPool(): Promise<void> {
+  if (runtime !== null) await runtime.shutdown();
+}
