@@ -38,6 +38,8 @@ import { flatten, TreeDef, treedefEqual, treedefStr, unflatten } from "../../aut
 import { moveBatchAxis, vmapFlatAxis0 } from "../../autodiff/vmap.js";
 import { convert, eq, full, max, min, ne, select } from "../lax/elementwise.js";
 import { broadcastInDim } from "../lax/structural.js";
+import { Array, scalar } from "../array.js";
+import { scope } from "../memory.js";
 import {
   asValues,
   batchJaxpr,
@@ -47,7 +49,6 @@ import {
   jvpJaxprInst,
   leafPaths,
   printNested,
-  readScalar,
 } from "./common.js";
 
 export interface CondParams {
@@ -307,12 +308,48 @@ function condAbstractEval(avals: readonly ShapedArray[], p: CondParams): ShapedA
   return outs;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Eager evaluation on devices without synchronous reads
+
+/**
+ * Eager cond when the index cannot be read synchronously (it lives on WebGPU, where reads are async
+ * and a sync read would stall the batched queue): every branch runs and `select` picks the chosen
+ * outputs on the device, as the batched-index vmap rule does. Branches are pure, so this gives the
+ * same values as running only the chosen one (and the same derivatives: jvp/transpose bind cond again
+ * and land here too), at the cost of computing all branches — n× the work and the peak memory of the
+ * largest branch's intermediates, plus (n-1) selects per output. Errors of the untaken branches are
+ * raised (shape errors cannot occur: the branches were traced against the same avals).
+ * The index is clamped on the device, as `clampIndex` does on the host.
+ */
+function condBySelect(index: Value, ops: readonly Value[], p: CondParams): Value[] {
+  const n = p.branches.length;
+  if (n === 1) return evalJaxpr(p.branches[0]!, [], ops);
+  // Intermediates (every branch's outputs, the masks) are released when the scope ends.
+  // Constants on the index's device (cached scalars), so nothing needs a synchronous copy.
+  const dev = (index as Array).device;
+  const c = (j: number) => scalar(j, "int32", false, dev);
+  return scope(() => {
+    const idx = max(min(index, c(n - 1)), c(0));
+    const outsPer = p.branches.map((b) => evalJaxpr(b, [], ops));
+    return outsPer[0]!.map((o0, k) => {
+      let out = o0;
+      for (let j = 1; j < n; j++) {
+        const hit = broadcastInDim(eq(idx, c(j)), out.aval.shape, []); // [...out]
+        out = select(hit, outsPer[j]![k]!, out);
+      }
+      return out;
+    });
+  });
+}
+
 export const condP: Primitive<CondParams> = definePrimitiveRules<CondParams>({
   name: "cond",
   abstractEval: condAbstractEval,
   impl: (args, p) => {
     const [index, ...ops] = args;
-    const i = clampIndex(Number(readScalar("cond", index!)), p.branches.length);
+    const lit = hooks().literalValue(index!);
+    if (lit === null) return condBySelect(index!, ops, p) as any;
+    const i = clampIndex(Number(lit), p.branches.length);
     return evalJaxpr(p.branches[i]!, [], ops) as any;
   },
   jvp: condJvp,

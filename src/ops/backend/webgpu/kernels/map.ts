@@ -215,6 +215,10 @@ export function copyInto(
 ): void {
   const size = src.size;
   if (size === 0) return;
+  // A rank-0 dynamic copy has no starts to read: it is a static copy. (Fix added by the engineer of
+  // tests/webgpu/properties.test.ts: with `dyn` kept, rank 0 bound an unused `starts` buffer — a
+  // bind-group validation error — under the static copy's key "copyInto:<t>:d0".)
+  if (dyn && dyn.limits.length === 0) dyn = undefined;
   const c = collapse(src.shape, [dstStrides, src.strides]);
   const nd = dyn ? dyn.limits.length : 0;
   const p = new Params();
