@@ -17,7 +17,7 @@ import { isFloat, ShapedArray } from "../autodiff/aval.js";
 import { hooks, instantiate, Value } from "../autodiff/core.js";
 import { ArgumentError, DTypeError } from "../autodiff/errors.js";
 import { jvpFlat } from "../autodiff/jvp.js";
-import { vjpWithAux } from "../autodiff/transpose.js";
+import { normalizeArgnums as normalizeArgnumsBase, vjpWithAux } from "../autodiff/transpose.js";
 import { flatten, numLeaves, TreeDef, unflatten } from "../autodiff/tree.js";
 import { moveBatchAxis, vmapFlat } from "../autodiff/vmap.js";
 import * as np from "./np.js";
@@ -31,19 +31,9 @@ export interface JacobianOptions {
 
 type Fn = (...args: any[]) => any;
 
+/** transpose.ts's argnums normalisation, and no argument twice (each gets one Jacobian block). */
 function normalizeArgnums(what: string, argnums: number | readonly number[], nargs: number): number[] {
-  const list = typeof argnums === "number" ? [argnums] : [...argnums];
-  if (list.length === 0) throw new ArgumentError(`${what}: argnums must not be empty`);
-  const out = list.map((a) => {
-    if (!Number.isInteger(a)) throw new ArgumentError(`${what}: argnums must be integers, got ${a}`);
-    const k = a < 0 ? a + nargs : a;
-    if (k < 0 || k >= nargs) {
-      throw new ArgumentError(
-        `${what}: argnums ${a} is out of range for a call with ${nargs} positional argument${nargs === 1 ? "" : "s"}`,
-      );
-    }
-    return k;
-  });
+  const out = normalizeArgnumsBase(what, argnums, nargs);
   if (new Set(out).size !== out.length) {
     throw new ArgumentError(`${what}: argnums must not repeat an argument, got ${JSON.stringify(argnums)}`);
   }

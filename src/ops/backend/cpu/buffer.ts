@@ -39,16 +39,8 @@ export function dtypeOfArray(data: AnyTypedArray): DType {
   return "bool";
 }
 
-/** C-order (row-major) strides in elements. */
-export function contiguousStrides(shape: Shape): number[] {
-  const strides = new Array<number>(shape.length);
-  let s = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    strides[d] = s;
-    s *= shape[d]!;
-  }
-  return strides;
-}
+export { contiguousStrides } from "../strides.js";
+import { contiguousStrides } from "../strides.js";
 
 /** Whether `strides` lay `shape` out in C order with no gaps (size-1 dims may have any stride). */
 export function isContiguous(shape: Shape, strides: readonly number[]): boolean {

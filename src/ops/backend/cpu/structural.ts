@@ -6,44 +6,8 @@
 import { shapeSize, shapeStr, type Shape } from "../../../autodiff/aval.js";
 import { DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import { checkAxes, checkShape, contiguousStrides, copyOut, copyStrided, CpuBuffer } from "./buffer.js";
+import { reshapeStrides } from "../strides.js";
 
-/**
- * Strides that present (oldShape, oldStrides) as newShape without moving data, or null when the reshape
- * needs a copy. The algorithm of numpy's `_attempt_nocopy_reshape`: match runs of old and new dims with
- * equal products; each old run must be contiguous in itself, and its stride is spread over the new run.
- */
-function reshapeStrides(oldShape: Shape, oldStrides: readonly number[], newShape: Shape): number[] | null {
-  const od: number[] = [];
-  const os: number[] = [];
-  for (let d = 0; d < oldShape.length; d++) {
-    if (oldShape[d] !== 1) {
-      od.push(oldShape[d]!);
-      os.push(oldStrides[d]!);
-    }
-  }
-  if (od.includes(0)) return contiguousStrides(newShape);
-  const ns = new Array<number>(newShape.length).fill(0);
-  let oi = 0;
-  let oj = 1;
-  let ni = 0;
-  let nj = 1;
-  while (ni < newShape.length && oi < od.length) {
-    let np = newShape[ni]!;
-    let op = od[oi]!;
-    while (np !== op) {
-      if (np < op) np *= newShape[nj++]!;
-      else op *= od[oj++]!;
-    }
-    for (let ok = oi; ok < oj - 1; ok++) if (os[ok] !== od[ok + 1]! * os[ok + 1]!) return null;
-    ns[nj - 1] = os[oj - 1]!;
-    for (let nk = nj - 1; nk > ni; nk--) ns[nk - 1] = ns[nk]! * newShape[nk]!;
-    ni = nj++;
-    oi = oj++;
-  }
-  // Trailing size-1 dims: any stride works.
-  for (let nk = ni; nk < newShape.length; nk++) ns[nk] = 1;
-  return ns;
-}
 
 /** Reshape (C order): a view when the layout allows, otherwise a contiguous copy. */
 export function reshape(x: CpuBuffer, shape: Shape): CpuBuffer {

@@ -15,6 +15,7 @@ import { isInt, shapeSize, shapeStr, type DType, type Shape } from "../../../aut
 import { BackendError, DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import { checkAxes, checkShape, contiguousStrides, CpuBuffer, expectDType, expectShape } from "../cpu/buffer.js";
 import * as cpuLayout from "../cpu/structural.js";
+import { reshapeStrides } from "../strides.js";
 import type {
   AnyTypedArray,
   ArgReduceOp,
@@ -51,38 +52,6 @@ export { GpuHandle } from "./handle.js";
 /** Storage for the data-less CpuBuffers the view ops compute layouts on. */
 const NO_DATA = new Uint8Array(0);
 
-/** Strides presenting (shape, strides) as `newShape` without a copy, or null (numpy's no-copy reshape). */
-function reshapeStrides(oldShape: Shape, oldStrides: readonly number[], newShape: Shape): number[] | null {
-  const od: number[] = [];
-  const os: number[] = [];
-  oldShape.forEach((n, d) => {
-    if (n !== 1) {
-      od.push(n);
-      os.push(oldStrides[d]!);
-    }
-  });
-  if (od.includes(0)) return contiguousStrides(newShape);
-  const ns = new Array<number>(newShape.length).fill(0);
-  let oi = 0;
-  let oj = 1;
-  let ni = 0;
-  let nj = 1;
-  while (ni < newShape.length && oi < od.length) {
-    let np = newShape[ni]!;
-    let op = od[oi]!;
-    while (np !== op) {
-      if (np < op) np *= newShape[nj++]!;
-      else op *= od[oj++]!;
-    }
-    for (let ok = oi; ok < oj - 1; ok++) if (os[ok] !== od[ok + 1]! * os[ok + 1]!) return null;
-    ns[nj - 1] = os[oj - 1]!;
-    for (let nk = nj - 1; nk > ni; nk--) ns[nk - 1] = ns[nk]! * newShape[nk]!;
-    ni = nj++;
-    oi = oj++;
-  }
-  for (let nk = ni; nk < newShape.length; nk++) ns[nk] = 1;
-  return ns;
-}
 
 /** The WebGPU backend of one device. */
 export class WebGpuBackend implements Backend<GpuHandle> {
