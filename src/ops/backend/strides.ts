@@ -1,7 +1,9 @@
 /**
- * @file Stride arithmetic shared by the backends (both describe arrays as shape + strides + offset).
+ * @file Shape and stride arithmetic shared by the backends (both describe arrays as shape + strides +
+ * offset), and the argument checks they share.
  */
-import type { Shape } from "../../autodiff/aval.js";
+import { isInt, shapeStr, type DType, type Shape } from "../../autodiff/aval.js";
+import { DTypeError, ShapeError } from "../../autodiff/errors.js";
 
 /** C-order (row-major) strides in elements. */
 export function contiguousStrides(shape: Shape): number[] {
@@ -50,4 +52,29 @@ export function reshapeStrides(oldShape: Shape, oldStrides: readonly number[], n
   // Trailing size-1 dims: any stride works.
   for (let nk = ni; nk < newShape.length; nk++) ns[nk] = 1;
   return ns;
+}
+
+/** Validates gather / scatterAdd's axis and batch dims against the operand and index shapes. */
+export function checkGatherArgs(op: string, xs: Shape, is: Shape, idxDtype: DType, axis: number, batchDims: number): void {
+  const ok =
+    Number.isInteger(batchDims) &&
+    Number.isInteger(axis) &&
+    batchDims >= 0 &&
+    axis >= batchDims &&
+    axis < xs.length &&
+    batchDims <= is.length;
+  if (!ok) {
+    throw new ShapeError(
+      `${op}: 0 <= batchDims <= axis < operand rank and batchDims <= index rank, got axis ${axis}, ` +
+        `batchDims ${batchDims} for operand ${shapeStr(xs)} and indices ${shapeStr(is)}`,
+    );
+  }
+  for (let d = 0; d < batchDims; d++) {
+    if (xs[d] !== is[d]) {
+      throw new ShapeError(
+        `${op}: equal leading ${batchDims} batch dims, got operand ${shapeStr(xs)} and indices ${shapeStr(is)}`,
+      );
+    }
+  }
+  if (!isInt(idxDtype)) throw new DTypeError(`${op}: int32 or uint32 indices, got ${idxDtype}`);
 }

@@ -4,6 +4,7 @@
  * fits). Operands may be any view; offset tables (`offsetsOf`) turn multi-dim index groups into flat
  * offsets so the inner loops are plain.
  */
+import { checkGatherArgs } from "../strides.js";
 import { isInt, shapeSize, shapeStr, type Shape } from "../../../autodiff/aval.js";
 import { DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import type { OutType } from "../kernel.js";
@@ -35,27 +36,7 @@ interface GatherLayout {
 function gatherLayout(op: string, x: CpuBuffer, idx: CpuBuffer, axis: number, batchDims: number): GatherLayout {
   const xs = x.shape;
   const is = idx.shape;
-  const ok =
-    Number.isInteger(batchDims) &&
-    Number.isInteger(axis) &&
-    batchDims >= 0 &&
-    axis >= batchDims &&
-    axis < xs.length &&
-    batchDims <= is.length;
-  if (!ok) {
-    throw new ShapeError(
-      `${op}: 0 <= batchDims <= axis < operand rank and batchDims <= index rank, got axis ${axis}, ` +
-        `batchDims ${batchDims} for operand ${shapeStr(xs)} and indices ${shapeStr(is)}`,
-    );
-  }
-  for (let d = 0; d < batchDims; d++) {
-    if (xs[d] !== is[d]) {
-      throw new ShapeError(
-        `${op}: equal leading ${batchDims} batch dims, got operand ${shapeStr(xs)} and indices ${shapeStr(is)}`,
-      );
-    }
-  }
-  if (!isInt(idx.dtype)) throw new DTypeError(`${op}: int32 or uint32 indices, got ${idx.dtype}`);
+  checkGatherArgs(op, xs, is, idx.dtype, axis, batchDims);
   const batch = xs.slice(0, batchDims);
   const pre = xs.slice(batchDims, axis);
   const post = xs.slice(axis + 1);

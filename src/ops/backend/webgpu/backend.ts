@@ -15,7 +15,7 @@ import { isInt, shapeSize, shapeStr, type DType, type Shape } from "../../../aut
 import { BackendError, DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import { checkAxes, checkShape, contiguousStrides, CpuBuffer, expectDType, expectShape } from "../cpu/buffer.js";
 import * as cpuLayout from "../cpu/structural.js";
-import { reshapeStrides } from "../strides.js";
+import { checkGatherArgs, reshapeStrides } from "../strides.js";
 import type {
   AnyTypedArray,
   ArgReduceOp,
@@ -436,29 +436,10 @@ export class WebGpuBackend implements Backend<GpuHandle> {
   // ---- indexing ----
 
   private gatherLayout(op: string, x: GpuHandle, idx: GpuHandle, axis: number, batchDims: number): GatherLayout {
-    const xs = x.shape;
-    const is = idx.shape;
-    const ok =
-      Number.isInteger(batchDims) &&
-      Number.isInteger(axis) &&
-      batchDims >= 0 &&
-      axis >= batchDims &&
-      axis < xs.length &&
-      batchDims <= is.length;
-    if (!ok) {
-      throw new ShapeError(
-        `${op}: 0 <= batchDims <= axis < operand rank and batchDims <= index rank, got axis ${axis}, ` +
-          `batchDims ${batchDims} for operand ${shapeStr(xs)} and indices ${shapeStr(is)}`,
-      );
-    }
-    for (let d = 0; d < batchDims; d++) {
-      if (xs[d] !== is[d]) {
-        throw new ShapeError(`${op}: equal leading ${batchDims} batch dims, got operand ${shapeStr(xs)} and indices ${shapeStr(is)}`);
-      }
-    }
-    if (!isInt(idx.dtype)) throw new DTypeError(`${op}: int32 or uint32 indices, got ${idx.dtype}`);
-    return gatherLayout(xs, is, axis, batchDims);
+    checkGatherArgs(op, x.shape, idx.shape, idx.dtype, axis, batchDims);
+    return gatherLayout(x.shape, idx.shape, axis, batchDims);
   }
+
 
   gather(x: GpuHandle, idx: GpuHandle, axis: number, batchDims: number, out: OutType): GpuHandle {
     this.live("gather", x, idx);
