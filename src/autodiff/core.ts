@@ -221,11 +221,6 @@ export function withNewDynamicMain<R>(
   });
 }
 
-/** The current staging main, if any (used by jit to nest correctly). */
-export function currentDynamicMain(): MainTrace | null {
-  return dynamicTrace;
-}
-
 function escapedTracer(x: Tracer): UnexpectedTracerError {
   const name = x._trace.main.transformName;
   return new UnexpectedTracerError(
@@ -266,11 +261,6 @@ export function bind1(prim: Primitive, args: readonly Value[], params: any): Val
 
 export function fullLower(x: Value): Value {
   return x instanceof Tracer ? x.fullLower() : x;
-}
-
-/** Runs `fn` with no active transforms visible (used by impls that evaluate jaxprs eagerly). */
-export function currentTraceLevel(): number {
-  return traceStack.length - 1;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ import {
   Value,
 } from "./core.js";
 import { ArgumentError, DTypeError, ShapeError } from "./errors.js";
-import { ClosedJaxpr, dce, evalJaxpr, Jaxpr, JaxprEqn, outputsDependOn, traceToJaxpr, Var } from "./jaxpr.js";
-import { bindCall, CallParams, callJvpRule, callVmapRule, hoistConsts, vmapJaxpr } from "./call.js";
+import { dce, evalJaxpr, Jaxpr, JaxprEqn, outputsDependOn, traceToJaxpr, Var } from "./jaxpr.js";
+import { bindCall, CallParams, callJvpRule, callVmapRule, vmapJaxpr } from "./call.js";
 import { partialEvalFlat, partialEvalJaxprRules, PartialEvalTrace, PartialEvalTracer, PartialVal } from "./partial-eval.js";
 import { transposeClosed } from "./transpose.js";
 import { flatten, TreeDef, treedefEqual, treedefStr, unflatten } from "./tree.js";
@@ -420,5 +420,3 @@ export function checkpoint<F extends (...args: any[]) => any>(f: F): F {
     return unflatten(outDef, bindCall(checkpointP, cj, values, { name }));
   }) as F;
 }
-
-export { hoistConsts, ClosedJaxpr };

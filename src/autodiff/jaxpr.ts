@@ -4,17 +4,7 @@
  * (`traceToJaxpr`, behind `makeJaxpr` and `jit`), the interpreter `evalJaxpr`, and dead-code elimination.
  */
 import { ShapedArray } from "./aval.js";
-import {
-  bind,
-  hooks,
-  MainTrace,
-  Primitive,
-  Trace,
-  Tracer,
-  Value,
-  withNewDynamicMain,
-  fullLower,
-} from "./core.js";
+import { bind, hooks, MainTrace, Primitive, Trace, Tracer, Value, withNewDynamicMain } from "./core.js";
 import { ArgumentError } from "./errors.js";
 
 export class Var {
@@ -325,11 +315,3 @@ export function outputsDependOn(jaxpr: Jaxpr, inputMask: readonly boolean[]): bo
   }
   return jaxpr.outs.map((a) => a instanceof Var && dep.has(a));
 }
-
-/** Re-traces a closed jaxpr with its consts turned into leading invars (so it can be transformed). */
-export function closeOverNothing(cj: ClosedJaxpr): Jaxpr {
-  return new Jaxpr([], [...cj.jaxpr.constvars, ...cj.jaxpr.invars], cj.jaxpr.eqns, cj.jaxpr.outs);
-}
-
-/** Re-exported for transforms that lower their output tracers. */
-export { fullLower };

@@ -8,9 +8,9 @@
  * Also `partialEvalJaxpr`, the same split done syntactically on a jaxpr (for control-flow bodies).
  */
 import { ShapedArray } from "./aval.js";
-import { bind, fullLower, hooks, instantiate, MainTrace, Primitive, Trace, Tracer, Value, withNewMain } from "./core.js";
+import { bind, fullLower, instantiate, MainTrace, Primitive, Trace, Tracer, Value, withNewMain } from "./core.js";
 import { ArgumentError } from "./errors.js";
-import { Atom, ClosedJaxpr, Jaxpr, JaxprEqn, Literal, Var } from "./jaxpr.js";
+import { Atom, ClosedJaxpr, Jaxpr, JaxprEqn, Var } from "./jaxpr.js";
 import { jvpFlat } from "./jvp.js";
 
 export class PartialVal {
@@ -272,6 +272,3 @@ export function partialEvalJaxpr(
   const unknown = new Jaxpr([], [...resVars, ...insUnknown], eqnsUnknown, outsUnknown);
   return { known, unknown, unknownsOut, numRes: resVars.length };
 }
-
-/** Re-export for call primitives that inline themselves under partial evaluation. */
-export { Literal, hooks };

@@ -4,7 +4,7 @@
  * `linearize`.
  */
 import { isFloat, ShapedArray } from "./aval.js";
-import { addTangents, bind, hooks, instantiate, isTracer, MaybeZero, nonlinear, UndefinedPrimal, Value } from "./core.js";
+import { bind, hooks, instantiate, isTracer, MaybeZero, nonlinear, UndefinedPrimal, Value } from "./core.js";
 import { ArgumentError, DTypeError, NonlinearError, ShapeError } from "./errors.js";
 import { Atom, ClosedJaxpr, evalJaxpr, Jaxpr, Literal, Var } from "./jaxpr.js";
 import { linearizeFlat } from "./partial-eval.js";
@@ -262,5 +262,3 @@ export function linearize<R = any>(f: (...args: any[]) => R, ...primals: unknown
   };
   return [unflatten<R>(outDef!, outs), fLin];
 }
-
-export { addTangents };

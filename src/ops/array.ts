@@ -4,7 +4,7 @@
  * `using`, or release everything created in a block with `scope()` (see memory.ts). Reads are async
  * (`await x.data()`); CPU arrays also read synchronously (`x.dataSync()`).
  */
-import { DType, isFloat, Shape, ShapedArray, shapeSize, shapeStr } from "../autodiff/aval.js";
+import { DType, Shape, ShapedArray, shapeSize, shapeStr } from "../autodiff/aval.js";
 import { BackendError, DTypeError, ShapeError } from "../autodiff/errors.js";
 import { hooks, Tracer, Value } from "../autodiff/core.js";
 import type { AnyTypedArray, Backend } from "./backend/kernel.js";
@@ -402,10 +402,3 @@ export function scalar(x: number | boolean, dtype: DType, weakType: boolean, dev
     onCreate = hook;
   }
 }
-
-/** The float dtype JS numbers become by default. */
-export function defaultFloat(): DType {
-  return "float32";
-}
-
-export { isFloat };

@@ -78,3 +78,30 @@ export function checkGatherArgs(op: string, xs: Shape, is: Shape, idxDtype: DTyp
   }
   if (!isInt(idxDtype)) throw new DTypeError(`${op}: int32 or uint32 indices, got ${idxDtype}`);
 }
+
+/** pad's output shape, validating the widths (negative lo/hi crop; interior inserts between elements). */
+export function padShape(shape: Shape, lo: readonly number[], hi: readonly number[], interior: readonly number[]): number[] {
+  const nd = shape.length;
+  if (lo.length !== nd || hi.length !== nd || interior.length !== nd) {
+    throw new ShapeError(
+      `pad: ${nd} lo, hi and interior widths, got ${lo.length}, ${hi.length} and ${interior.length}`,
+    );
+  }
+  const outShape: number[] = [];
+  for (let d = 0; d < nd; d++) {
+    const n = shape[d]!;
+    const gap = interior[d]!;
+    if (!Number.isInteger(gap) || gap < 0 || !Number.isInteger(lo[d]) || !Number.isInteger(hi[d])) {
+      throw new ShapeError(`pad: integer widths with interior >= 0, got lo ${lo[d]}, hi ${hi[d]}, interior ${gap}`);
+    }
+    const size = lo[d]! + hi[d]! + n + Math.max(n - 1, 0) * gap;
+    if (size < 0) {
+      throw new ShapeError(
+        `pad: a non-negative output size on dim ${d}, ` +
+          `got ${size} from lo ${lo[d]}, hi ${hi[d]} on ${shapeStr(shape)}`,
+      );
+    }
+    outShape.push(size);
+  }
+  return outShape;
+}

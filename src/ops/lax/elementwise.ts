@@ -412,5 +412,3 @@ export const stopGradientP: OpsPrimitive<{}> = definePrimitive<{}>({
 export function stopGradient(x: Value): Value {
   return bind1(stopGradientP, [x], {});
 }
-
-export { c as constLike };

@@ -3,13 +3,13 @@
  * dynamic_update_slice (slices at traced offsets: KV caches, scan bodies).
  */
 import { isInt, ShapedArray, shapeEq, shapeStr } from "../../autodiff/aval.js";
-import { bind, bind1, nonlinear, UndefinedPrimal, Value } from "../../autodiff/core.js";
+import { bind1, UndefinedPrimal, Value } from "../../autodiff/core.js";
 import { DTypeError, ShapeError } from "../../autodiff/errors.js";
 import { scalar } from "../array.js";
 import { definePrimitive, OpsPrimitive } from "../primitive.js";
 import { add, and, convert, full, ge, lt, max, min, select, sub, zerosLike } from "./elementwise.js";
 import { broadcastInDim, iota } from "./structural.js";
-import { moveTo0, range } from "./util.js";
+import { moveTo0 } from "./util.js";
 
 // ---------------------------------------------------------------------------------------------------
 // gather / scatter_add
@@ -231,5 +231,3 @@ export function dynamicSlice(x: Value, starts: readonly Value[], sizes: readonly
 export function dynamicUpdateSlice(x: Value, update: Value, starts: readonly Value[]): Value {
   return bind1(dynamicUpdateSliceP, [x, update, ...starts], {});
 }
-
-export { bind, nonlinear, range };

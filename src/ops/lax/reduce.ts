@@ -7,7 +7,7 @@ import { bind1, nonlinear, UndefinedPrimal, Value } from "../../autodiff/core.js
 import { ShapeError } from "../../autodiff/errors.js";
 import { ArgReduceOp, CumulativeOp, ReduceOp } from "../backend/kernel.js";
 import { definePrimitive, OpsPrimitive } from "../primitive.js";
-import { andP, convert, div, eq, full, fullLike, leP, mul, select } from "./elementwise.js";
+import { andP, convert, div, eq, fullLike, leP, mul, select } from "./elementwise.js";
 import { broadcastInDim, iota, reshape, rev, transpose } from "./structural.js";
 import { takeAlongLastAxis } from "./indexing.js";
 import { checkAxes, checkDtypeClass, invertPerm, moveTo0, range } from "./util.js";
@@ -224,5 +224,3 @@ export const cumsum = (x: Value, axis: number, reverse = false): Value => bind1(
 export const cumprod = (x: Value, axis: number, reverse = false): Value => bind1(cumprodP, [x], { axis, reverse });
 export const cummax = (x: Value, axis: number, reverse = false): Value => bind1(cummaxP, [x], { axis, reverse });
 export const cummin = (x: Value, axis: number, reverse = false): Value => bind1(cumminP, [x], { axis, reverse });
-
-export { full };

@@ -6,7 +6,7 @@
 import { shapeSize, shapeStr, type Shape } from "../../../autodiff/aval.js";
 import { DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import { checkAxes, checkShape, contiguousStrides, copyOut, copyStrided, CpuBuffer } from "./buffer.js";
-import { reshapeStrides } from "../strides.js";
+import { padShape, reshapeStrides } from "../strides.js";
 
 
 /** Reshape (C order): a view when the layout allows, otherwise a contiguous copy. */
@@ -113,27 +113,7 @@ export function pad(
   interior: readonly number[],
 ): CpuBuffer {
   const nd = x.ndim;
-  if (lo.length !== nd || hi.length !== nd || interior.length !== nd) {
-    throw new ShapeError(
-      `pad: ${nd} lo, hi and interior widths, got ${lo.length}, ${hi.length} and ${interior.length}`,
-    );
-  }
-  const outShape: number[] = [];
-  for (let d = 0; d < nd; d++) {
-    const n = x.shape[d]!;
-    const gap = interior[d]!;
-    if (!Number.isInteger(gap) || gap < 0 || !Number.isInteger(lo[d]) || !Number.isInteger(hi[d])) {
-      throw new ShapeError(`pad: integer widths with interior >= 0, got lo ${lo[d]}, hi ${hi[d]}, interior ${gap}`);
-    }
-    const size = lo[d]! + hi[d]! + n + Math.max(n - 1, 0) * gap;
-    if (size < 0) {
-      throw new ShapeError(
-        `pad: a non-negative output size on dim ${d}, ` +
-          `got ${size} from lo ${lo[d]}, hi ${hi[d]} on ${shapeStr(x.shape)}`,
-      );
-    }
-    outShape.push(size);
-  }
+  const outShape = padShape(x.shape, lo, hi, interior);
   const out = CpuBuffer.zeros({ shape: outShape, dtype: x.dtype });
   const od = out.data;
   if (value !== 0) od.fill(value);

@@ -15,7 +15,7 @@ import { isInt, shapeSize, shapeStr, type DType, type Shape } from "../../../aut
 import { BackendError, DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import { checkAxes, checkShape, contiguousStrides, CpuBuffer, expectDType, expectShape } from "../cpu/buffer.js";
 import * as cpuLayout from "../cpu/structural.js";
-import { checkGatherArgs, reshapeStrides } from "../strides.js";
+import { checkGatherArgs, padShape, reshapeStrides } from "../strides.js";
 import type {
   AnyTypedArray,
   ArgReduceOp,
@@ -362,24 +362,7 @@ export class WebGpuBackend implements Backend<GpuHandle> {
   pad(x: GpuHandle, value: number, lo: readonly number[], hi: readonly number[], interior: readonly number[]): GpuHandle {
     this.live("pad", x);
     const nd = x.ndim;
-    if (lo.length !== nd || hi.length !== nd || interior.length !== nd) {
-      throw new ShapeError(`pad: ${nd} lo, hi and interior widths, got ${lo.length}, ${hi.length} and ${interior.length}`);
-    }
-    const outShape: number[] = [];
-    for (let d = 0; d < nd; d++) {
-      const n = x.shape[d]!;
-      const gap = interior[d]!;
-      if (!Number.isInteger(gap) || gap < 0 || !Number.isInteger(lo[d]) || !Number.isInteger(hi[d])) {
-        throw new ShapeError(`pad: integer widths with interior >= 0, got lo ${lo[d]}, hi ${hi[d]}, interior ${gap}`);
-      }
-      const size = lo[d]! + hi[d]! + n + Math.max(n - 1, 0) * gap;
-      if (size < 0) {
-        throw new ShapeError(
-          `pad: a non-negative output size on dim ${d}, got ${size} from lo ${lo[d]}, hi ${hi[d]} on ${shapeStr(x.shape)}`,
-        );
-      }
-      outShape.push(size);
-    }
+    const outShape = padShape(x.shape, lo, hi, interior);
     const out = fill(this.rt, x.dtype, outShape, bitsOf(value, x.dtype));
     // Input index i lands at lo + i·(interior + 1); copy the input window that lands inside the output.
     const outStrides = contiguousStrides(outShape);
