@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { WebgradError } from "../autodiff/errors.js";
 import { trainLm, TrainLmOptions } from "./train-lm.js";
+import { registerRlhf } from "./rlhf.js";
 
 const int =
   (min: number) =>
@@ -99,6 +100,7 @@ export function buildProgram(run: (o: TrainLmOptions) => Promise<unknown> = trai
       };
       await run(opts);
     });
+  registerRlhf(program);
   return program;
 }
 

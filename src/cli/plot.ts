@@ -21,6 +21,11 @@ export interface PlotOptions {
   yLabel?: string;
   width?: number;
   height?: number;
+  /**
+   * Where the legend goes. Without it, the legend is drawn at the top right with no background (the
+   * original layout); with it, in that corner on a white box sized to the longest name.
+   */
+  legend?: "top-right" | "top-left" | "bottom-right" | "bottom-left";
 }
 
 /** Escapes text for XML / HTML. */
@@ -97,9 +102,17 @@ export function plotSvg(series: readonly Series[], opts: PlotOptions = {}): stri
       parts.push(`<polyline points="${d}" fill="none" stroke="${s.color}" stroke-width="${s.width ?? 1.5}" stroke-opacity="${op}"/>`);
     }
   }
+  // Legend: the original top-right layout, or a boxed one in the corner `opts.legend` names.
+  const boxW = 36 + 6.6 * Math.max(0, ...series.map((s) => s.name.length));
+  const boxH = 8 + series.length * 18;
+  const boxX = opts.legend?.endsWith("left") ? m.left + 8 : m.left + pw - boxW - 8;
+  const boxY = opts.legend?.startsWith("bottom") ? m.top + ph - boxH - 8 : m.top + 4;
+  if (opts.legend && series.length > 0) {
+    parts.push(`<rect x="${r(boxX)}" y="${r(boxY)}" width="${r(boxW)}" height="${boxH}" fill="white" fill-opacity="0.85" stroke="#ccc"/>`);
+  }
   series.forEach((s, i) => {
-    const y = m.top + 14 + i * 18;
-    const x = m.left + pw - 150;
+    const y = opts.legend ? boxY + 18 + i * 18 : m.top + 14 + i * 18;
+    const x = opts.legend ? boxX + 8 : m.left + pw - 150;
     parts.push(
       s.style === "markers"
         ? `<circle cx="${x + 10}" cy="${y - 4}" r="3.5" fill="${s.color}"/>`
