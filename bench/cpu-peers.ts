@@ -1,9 +1,16 @@
 /**
- * @file Float32 matmul GFLOP/s of webgrad's CPU backend (through `np.matmul`, Wasm SIMD kernels on all
- * threads) against its peers, all in the same run on the same machine: onnxruntime-node (2 intra-op
- * threads), tfjs-backend-wasm (SIMD), jax-js (its Wasm backend). Prints a Markdown table with ratios.
+ * @file webgrad's CPU backend against its peers, all in the same run on the same machine:
+ * onnxruntime-node (2 intra-op threads), tfjs-backend-wasm (SIMD), jax-js (its Wasm backend).
+ * Three sections (Markdown tables):
+ * - `matmul`: float32 matmul GFLOP/s at n x n squares (webgrad through `np.matmul`, Wasm SIMD kernels
+ *   on all threads), with ratios to onnxruntime-node;
+ * - `mlp`: one training step of a 3-layer MLP (batch 256, width 512, GELU (tanh form), mean-squared
+ *   error, SGD), the whole step (forward, grad, update) under `jit`, in ms per step: webgrad and jax-js
+ *   (Wasm device, its own jit);
+ * - `add`: elementwise add of two 16M-element float32 arrays in GB/s (3 x 64 MiB moved per add).
  *
- * Run: `cd bench && npm ci && npx tsx cpu-peers.ts [sizes...]` (default 256 512 1024 2048). The peers
+ * Run: `cd bench && npm ci && npx tsx cpu-peers.ts [sizes...] [--only=matmul,mlp,add]` (default sizes
+ * 256 512 1024 2048, all sections). The peers
  * are installed in bench/ only (`ONNXRUNTIME_NODE_INSTALL=skip` is fine: the CPU binaries ship inside
  * the npm package). A peer that fails to load is reported as "n/a" with the reason.
  *
@@ -14,8 +21,8 @@
  * much less.
  */
 import { configureCpuWasm, cpuWasmInfo, cpuWasmOptions, shutdownCpuWasmPool } from "../src/ops/backend/cpu/wasm/index.js";
-import { np } from "../src/index.js";
-import type { Array as WArray } from "../src/index.js";
+import { dispose, grad, jit, nn, np, tree } from "../src/index.js";
+import type { Array as WArray, Value } from "../src/index.js";
 
 type Runner = () => Promise<Float32Array | ArrayLike<number>>;
 interface Peer {
@@ -67,7 +74,10 @@ interface Jax {
   numpy: { array(data: Float32Array): JaxArray; matmul(a: JaxArray, b: JaxArray): JaxArray };
 }
 
-const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
+const argv = process.argv.slice(2);
+const sizes = argv.map(Number).filter((n) => n > 0);
+const only = argv.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",");
+const SECTIONS = new Set(only ?? ["matmul", "mlp", "add"]);
 const SIZES = sizes.length > 0 ? sizes : [256, 512, 1024, 2048];
 const ORT_THREADS = 2;
 /** Interleaved timing rounds per size, and the time per peer per round. */
@@ -280,27 +290,7 @@ async function jaxPeer(): Promise<Peer> {
   };
 }
 
-async function main(): Promise<void> {
-  const peers: Peer[] = [webgrad, webgrad1];
-  const missing: string[] = [];
-  for (const [label, make] of [
-    ["onnxruntime-node", ortPeer],
-    ["tfjs-backend-wasm", tfjsPeer],
-    ["jax-js", jaxPeer],
-  ] as const) {
-    try {
-      peers.push(await make());
-    } catch (e) {
-      missing.push(`${label}: n/a (${String(e).split("\n")[0]})`);
-    }
-  }
-  const info = cpuWasmInfo();
-  console.log(
-    `webgrad CPU: wasm=${info.available} shared=${info.sharedMemory} relaxed-simd=${info.relaxedSimd} ` +
-      `threads=${info.threads}; node ${process.version}`,
-  );
-  for (const m of missing) console.log(m);
-
+async function matmulSection(peers: Peer[]): Promise<void> {
   const results = new Map<string, Map<number, { median: number; best: number }>>();
   for (const n of SIZES) {
     const a = rand(n * n, 1);
@@ -357,6 +347,259 @@ async function main(): Promise<void> {
       });
     console.log(`  n=${n}: ${parts.join(", ")}`);
   }
+}
+
+// ---- MLP training step and elementwise add ----
+
+/** Median and best of `ms` per run, timing each runner in interleaved rounds (as for matmul). */
+async function timeInterleaved(runs: readonly (Runner | null)[], rounds = ROUNDS): Promise<({ median: number; best: number } | undefined)[]> {
+  for (const run of runs) {
+    if (run === null) continue;
+    await run();
+    await run();
+  }
+  const perRound: number[][] = runs.map(() => []);
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < runs.length; i++) {
+      const run = runs[i];
+      if (run === null || run === undefined) continue;
+      let best = Infinity;
+      const start = performance.now();
+      do {
+        const t0 = performance.now();
+        await run();
+        best = Math.min(best, performance.now() - t0);
+      } while (performance.now() - start < ROUND_MS);
+      perRound[i]!.push(best);
+    }
+  }
+  return perRound.map((ts) => {
+    if (ts.length === 0) return undefined;
+    const sorted = [...ts].sort((x, y) => x - y);
+    return { median: sorted[Math.floor(sorted.length / 2)]!, best: sorted[0]! };
+  });
+}
+
+const MLP_BATCH = 256;
+const MLP_WIDTH = 512;
+const MLP_LR = 0.01;
+
+/** Host data of the MLP: three [W, W] weights (scaled 1/sqrt(W)), zero biases, inputs and targets. */
+function mlpData(): { w: Float32Array[]; x: Float32Array; y: Float32Array } {
+  const w = [1, 2, 3].map((s) => rand(MLP_WIDTH * MLP_WIDTH, s).map((v) => (2 * v) / Math.sqrt(MLP_WIDTH)));
+  return { w, x: rand(MLP_BATCH * MLP_WIDTH, 4), y: rand(MLP_BATCH * MLP_WIDTH, 5) };
+}
+
+/** webgrad's step: params -> params - lr * grad(loss), all under one `jit`. Returns a runner of one step. */
+function webgradMlp(threads1: boolean): Runner {
+  const { w, x: xh, y: yh } = mlpData();
+  const W = MLP_WIDTH;
+  type P = Record<"w1" | "b1" | "w2" | "b2" | "w3" | "b3", Value>;
+  let params: P = {
+    w1: np.array(w[0]!, { shape: [W, W] }), b1: np.zeros([W]),
+    w2: np.array(w[1]!, { shape: [W, W] }), b2: np.zeros([W]),
+    w3: np.array(w[2]!, { shape: [W, W] }), b3: np.zeros([W]),
+  };
+  const x = np.array(xh, { shape: [MLP_BATCH, W] });
+  const y = np.array(yh, { shape: [MLP_BATCH, W] });
+  const loss = (p: P, x: Value, y: Value): Value => {
+    let h = nn.gelu(np.add(np.matmul(x, p.w1), p.b1)); // [batch, width]
+    h = nn.gelu(np.add(np.matmul(h, p.w2), p.b2));
+    const o = np.add(np.matmul(h, p.w3), p.b3);
+    return np.mean(np.square(np.subtract(o, y)));
+  };
+  const step = jit((p: P, x: Value, y: Value): P => {
+    const g = grad(loss)(p, x, y) as P;
+    return tree.map((a: Value, b: Value) => np.subtract(a, np.multiply(MLP_LR, b)), p, g) as P;
+  });
+  return async () => {
+    const saved = cpuWasmOptions.parallelMinMacs;
+    if (threads1) configureCpuWasm({ parallelMinMacs: Infinity });
+    try {
+      const next = step(params, x, y);
+      dispose(params);
+      params = next;
+      return (params.b3 as WArray).dataSync() as Float32Array;
+    } finally {
+      configureCpuWasm({ parallelMinMacs: saved });
+    }
+  };
+}
+
+interface JaxFull extends Jax {
+  jit<F>(f: F): F;
+  grad<F>(f: F): F;
+  nn: { gelu(x: JaxArray): JaxArray };
+  tree: { ref<T>(t: T): T; map<T>(f: (...xs: JaxArray[]) => JaxArray, ...trees: T[]): T };
+  numpy: Jax["numpy"] & {
+    add(a: JaxArray, b: JaxArray): JaxArray;
+    subtract(a: JaxArray, b: JaxArray): JaxArray;
+    multiply(a: JaxArray, b: JaxArray | number): JaxArray;
+    square(a: JaxArray): JaxArray;
+    mean(a: JaxArray): JaxArray;
+    zeros(shape: number[]): JaxArray;
+  };
+}
+
+async function loadJax(): Promise<JaxFull> {
+  const g = globalThis as { navigator?: object };
+  if (g.navigator === undefined) {
+    const { availableParallelism } = await import("node:os");
+    g.navigator = { hardwareConcurrency: availableParallelism(), userAgent: `Node.js/${process.version}` };
+  }
+  const jax = await importPeer<JaxFull>("@jax-js/jax");
+  const devices = await jax.init();
+  if (!devices.includes("wasm")) throw new Error(`no wasm device (have ${devices.join(", ")})`);
+  jax.defaultDevice("wasm");
+  return jax;
+}
+
+/** jax-js's step: the same model, its own `jit` on its Wasm device (arguments are moved in; `.ref` keeps them). */
+async function jaxMlp(): Promise<Runner> {
+  const jax = await loadJax();
+  const jnp = jax.numpy;
+  const { w, x: xh, y: yh } = mlpData();
+  const W = MLP_WIDTH;
+  type P = Record<"w1" | "b1" | "w2" | "b2" | "w3" | "b3", JaxArray>;
+  let params: P = {
+    w1: jnp.array(w[0]!).reshape([W, W]), b1: jnp.zeros([W]),
+    w2: jnp.array(w[1]!).reshape([W, W]), b2: jnp.zeros([W]),
+    w3: jnp.array(w[2]!).reshape([W, W]), b3: jnp.zeros([W]),
+  };
+  const x = jnp.array(xh).reshape([MLP_BATCH, W]);
+  const y = jnp.array(yh).reshape([MLP_BATCH, W]);
+  const loss = (p: P, x: JaxArray, y: JaxArray): JaxArray => {
+    let h = jax.nn.gelu(jnp.add(jnp.matmul(x, p.w1), p.b1));
+    h = jax.nn.gelu(jnp.add(jnp.matmul(h, p.w2), p.b2));
+    const o = jnp.add(jnp.matmul(h, p.w3), p.b3);
+    return jnp.mean(jnp.square(jnp.subtract(o, y)));
+  };
+  const step = jax.jit((p: P, x: JaxArray, y: JaxArray): P => {
+    const g = jax.grad(loss)(jax.tree.ref(p), x, y) as unknown as P;
+    return jax.tree.map((a, b) => jnp.subtract(a, jnp.multiply(b, MLP_LR)), p, g);
+  });
+  return async () => {
+    params = step(params, x.ref, y.ref);
+    return (await params.b3.ref.data()) as Float32Array;
+  };
+}
+
+async function mlpSection(): Promise<void> {
+  const names = ["webgrad", "webgrad 1 thread", "jax-js (wasm)"];
+  const runs: (Runner | null)[] = [webgradMlp(false), webgradMlp(true)];
+  try {
+    runs.push(await jaxMlp());
+  } catch (e) {
+    console.log(`jax-js mlp: n/a (${String(e).split("\n")[0]})`);
+    runs.push(null);
+  }
+  // The first steps of every implementation must agree (same data, same model): compare the updated b3.
+  const first = await Promise.all(runs.map((r) => (r === null ? null : r())));
+  const ref = first[0] as Float32Array;
+  first.forEach((c, i) => {
+    if (c === null || i === 0) return;
+    let err = 0;
+    for (let j = 0; j < ref.length; j++) err = Math.max(err, Math.abs(ref[j]! - (c[j] as number)));
+    if (!(err < 1e-4)) console.log(`${names[i]} mlp step disagrees with webgrad: max |diff| of b3 ${err}`);
+  });
+  const t = await timeInterleaved(runs, 5);
+  console.log(
+    `\nMLP training step (batch ${MLP_BATCH}, width ${MLP_WIDTH}, 3 layers, GELU, MSE, SGD; under jit), ms per step: ` +
+      "median over rounds of each round's best (best overall)",
+  );
+  console.log(`| ${names.join(" | ")} | webgrad / jax-js |`);
+  console.log(`|${names.map(() => "---").join("|")}|---|`);
+  const fmt = (v: { median: number; best: number } | undefined): string =>
+    v === undefined ? "n/a" : `${v.median.toFixed(1)} (${v.best.toFixed(1)})`;
+  const ratio = t[0] && t[2] ? `${(t[0].median / t[2].median).toFixed(2)}x` : "n/a";
+  console.log(`| ${t.map(fmt).join(" | ")} | ${ratio} |`);
+}
+
+const ADD_N = 16 * 1024 * 1024;
+
+async function addSection(): Promise<void> {
+  const a = rand(ADD_N, 7);
+  const b = rand(ADD_N, 8);
+  const names: string[] = [];
+  const runs: (Runner | null)[] = [];
+  const xa = np.array(a);
+  const xb = np.array(b);
+  names.push("webgrad np.add");
+  runs.push(async () => {
+    const z = np.add(xa, xb) as WArray;
+    const d = z.dataSync() as Float32Array;
+    z.dispose();
+    return d;
+  });
+  const jadd = jit((x: Value, y: Value) => np.add(x, y));
+  names.push("webgrad jit(add)");
+  runs.push(async () => {
+    const z = jadd(xa, xb) as WArray;
+    const d = z.dataSync() as Float32Array;
+    z.dispose();
+    return d;
+  });
+  try {
+    const jax = await loadJax();
+    const ja = jax.numpy.array(a);
+    const jb = jax.numpy.array(b);
+    names.push("jax-js (wasm)");
+    runs.push(async () => (await jax.numpy.add(ja.ref, jb.ref).data()) as Float32Array);
+  } catch (e) {
+    console.log(`jax-js add: n/a (${String(e).split("\n")[0]})`);
+  }
+  try {
+    const tf = await importPeer<Tf & { add(a: TfTensor, b: TfTensor): TfTensor; tensor1d(d: Float32Array): TfTensor }>(
+      "@tensorflow/tfjs-core",
+    );
+    await importPeer<unknown>("@tensorflow/tfjs-backend-wasm");
+    if (!(await tf.setBackend("wasm"))) throw new Error("tf.setBackend('wasm') failed");
+    await tf.ready();
+    const ta = tf.tensor1d(a);
+    const tb = tf.tensor1d(b);
+    names.push("tfjs-backend-wasm");
+    runs.push(async () => {
+      const c = tf.add(ta, tb);
+      const d = c.dataSync() as Float32Array;
+      c.dispose();
+      return d;
+    });
+  } catch (e) {
+    console.log(`tfjs add: n/a (${String(e).split("\n")[0]})`);
+  }
+  const t = await timeInterleaved(runs, 5);
+  const gbs = (ms: number): number => (3 * 4 * ADD_N) / ms / 1e6;
+  console.log(`\nelementwise add of ${ADD_N / 2 ** 20}M float32 (result read back), GB/s (3 x 64 MiB per add): median (best)`);
+  console.log(`| ${names.join(" | ")} |`);
+  console.log(`|${names.map(() => "---").join("|")}|`);
+  console.log(`| ${t.map((v) => (v === undefined ? "n/a" : `${gbs(v.median).toFixed(1)} (${gbs(v.best).toFixed(1)})`)).join(" | ")} |`);
+}
+
+async function main(): Promise<void> {
+  const peers: Peer[] = [webgrad, webgrad1];
+  const missing: string[] = [];
+  for (const [label, make] of [
+    ["onnxruntime-node", ortPeer],
+    ["tfjs-backend-wasm", tfjsPeer],
+    ["jax-js", jaxPeer],
+  ] as const) {
+    try {
+      peers.push(await make());
+    } catch (e) {
+      missing.push(`${label}: n/a (${String(e).split("\n")[0]})`);
+    }
+  }
+  const info = cpuWasmInfo();
+  console.log(
+    `webgrad CPU: wasm=${info.available} shared=${info.sharedMemory} relaxed-simd=${info.relaxedSimd} ` +
+      `threads=${info.threads}; node ${process.version}`,
+  );
+  for (const m of missing) console.log(m);
+
+  if (SECTIONS.has("matmul")) await matmulSection(peers);
+  else for (const p of peers) await p.close?.();
+  if (SECTIONS.has("mlp")) await mlpSection();
+  if (SECTIONS.has("add")) await addSection();
   await shutdownCpuWasmPool();
 }
 

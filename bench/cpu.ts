@@ -1,10 +1,15 @@
 /**
  * @file CPU backend benchmark (`npm run bench`): matmul GFLOP/s at 256/512/1024 squares against a
  * plain-JS i-k-j triple loop measured in the same run (the ratio is what to compare across machines),
- * and the per-op overhead of eager dispatch (scalar adds through the full np -> bind -> kernel path)
- * against a jitted version of the same chain.
+ * the per-op overhead of eager dispatch (scalar adds through the full np -> bind -> kernel path)
+ * against a jitted version of the same chain, and a GELU (tanh form) forward on [256, 512] float32 as
+ * eager ops one by one against one fused kernel (`compileScalarProgram`, Wasm SIMD and JS paths): what
+ * the jit compiler's fusion buys on the CPU.
  */
-import { jit, np } from "../src/index.js";
+import { jit, nn, np } from "../src/index.js";
+import { CpuBuffer } from "../src/ops/backend/cpu/buffer.js";
+import { compileScalarProgram, configureFused } from "../src/ops/backend/cpu/wasm/fused.js";
+import type { ScalarNode } from "../src/ops/compile/scalar-program.js";
 import type { Array as WArray, Value } from "../src/index.js";
 
 function timeIt(fn: () => void, minMs = 300): number {
@@ -54,15 +59,58 @@ for (const n of [256, 512, 1024]) {
   console.log(`  ${String(n).padEnd(5)} ${g.toFixed(2).padStart(10)}        ${gn.toFixed(2).padStart(10)}        ${(g / gn).toFixed(2)}x`);
 }
 
+// More cases (array operands, broadcasts, unary, reductions, scopes) and the GC share of each:
+// bench/eager-overhead.ts.
 console.log("\neager dispatch overhead (chain of 100 scalar adds)");
 const x = np.array(1);
+const one = np.array(1);
 const chain = (v: Value) => {
   let y = v;
   for (let i = 0; i < 100; i++) y = np.add(y, 1);
   return y;
 };
+const chainArray = (v: Value) => {
+  let y = v;
+  for (let i = 0; i < 100; i++) y = np.add(y, one);
+  return y;
+};
 const eagerMs = timeIt(() => chain(x));
+const eagerArrayMs = timeIt(() => chainArray(x));
 const jitted = jit(chain);
 const jitMs = timeIt(() => jitted(x));
-console.log(`  eager: ${((eagerMs * 1000) / 100).toFixed(2)} µs per op`);
+console.log(`  eager np.add(y, 1): ${((eagerMs * 1000) / 100).toFixed(2)} µs per op`);
+console.log(`  eager np.add(y, one): ${((eagerArrayMs * 1000) / 100).toFixed(2)} µs per op`);
 console.log(`  jit (interpreted jaxpr): ${((jitMs * 1000) / 100).toFixed(2)} µs per op`);
+
+console.log("\nGELU (tanh form) forward on [256, 512] float32");
+{
+  const shape = [256, 512];
+  const host = rand(256 * 512);
+  const xa = np.array(host, { shape });
+  const eagerGelu = timeIt(() => (nn.gelu(xa) as WArray).dispose());
+  const f = "float32" as const;
+  const c = (value: number): ScalarNode => ({ op: "const", value: Math.fround(value), dtype: f });
+  const nodes: ScalarNode[] = [
+    { op: "load", input: 0, dtype: f }, // 0: x
+    { op: "binary", fn: "mul", x: 0, y: 0, dtype: f }, // 1: x²
+    { op: "binary", fn: "mul", x: 1, y: 0, dtype: f }, // 2: x³
+    c(0.044715), // 3
+    { op: "binary", fn: "mul", x: 3, y: 2, dtype: f }, // 4
+    { op: "binary", fn: "add", x: 0, y: 4, dtype: f }, // 5
+    c(Math.sqrt(2 / Math.PI)), // 6
+    { op: "binary", fn: "mul", x: 6, y: 5, dtype: f }, // 7
+    { op: "unary", fn: "tanh", x: 7, dtype: f }, // 8
+    c(1), // 9
+    { op: "binary", fn: "add", x: 9, y: 8, dtype: f }, // 10
+    c(0.5), // 11
+    { op: "binary", fn: "mul", x: 11, y: 0, dtype: f }, // 12
+    { op: "binary", fn: "mul", x: 12, y: 10, dtype: f }, // 13
+  ];
+  const kernel = compileScalarProgram({ shape, inputs: [{ dtype: f }], nodes, outputs: [13] });
+  const xb = new CpuBuffer(host, f, shape);
+  const fusedWasm = timeIt(() => kernel([xb]));
+  configureFused({ wasm: false });
+  const fusedJs = timeIt(() => kernel([xb]));
+  configureFused({ wasm: true });
+  console.log(`  eager ops: ${(eagerGelu * 1000).toFixed(0)} µs; one fused kernel: Wasm SIMD ${(fusedWasm * 1000).toFixed(0)} µs, JS ${(fusedJs * 1000).toFixed(0)} µs`);
+}

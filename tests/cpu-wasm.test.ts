@@ -184,8 +184,9 @@ const caseArb = fc.record({
 describe("wasm gemm vs the TypeScript reference", () => {
   const saved = { ...cpuWasmOptions };
   beforeAll(() => {
-    // Force the fast path (and the task split) on every shape, however small.
-    configureCpuWasm({ enabled: true, minMacs: 0, parallelMinMacs: 0 });
+    // Force the fast path (and the task split) on every shape, however small, on exactly the threads
+    // asked for (no fallback to one thread when this machine is busy).
+    configureCpuWasm({ enabled: true, minMacs: 0, parallelMinMacs: 0, adaptiveThreads: false });
   });
   afterAll(async () => {
     configureCpuWasm(saved);
@@ -325,7 +326,8 @@ describe("worker pool life cycle", () => {
   });
 
   it("starts lazily, shuts down, and restarts on the next large product", async () => {
-    configureCpuWasm({ enabled: true, minMacs: 0, parallelMinMacs: 0 });
+    // Thread counts exactly as asked (no fallback to one thread when this machine is busy).
+    configureCpuWasm({ enabled: true, minMacs: 0, parallelMinMacs: 0, adaptiveThreads: false });
     await setCpuThreads(2);
     await shutdownCpuWasmPool();
     expect(cpuWasmInfo().workersRunning).toBe(0);

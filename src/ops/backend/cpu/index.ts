@@ -6,6 +6,10 @@
  * matmul.ts (dotGeneral), structural.ts (views, pad, concatenate), indexing.ts (gather, scatterAdd,
  * dynamic slices), sort.ts, threefry.ts, math.ts (erf, erf_inv and other scalar functions).
  *
+ * Large float32 unary and binary ops run as one-node fused Wasm SIMD kernels, and large float32
+ * sum / max / min over leading or trailing axes on Wasm SIMD reductions (wasm/eager.ts); the
+ * TypeScript kernels stay the reference and serve everything else.
+ *
  * Everything is synchronous; `read` resolves immediately. Outputs of compute ops are fresh contiguous
  * buffers; reshape / transpose / broadcastInDim / slice / reverse return views sharing storage.
  */
@@ -38,6 +42,7 @@ import {
   transpose,
 } from "./structural.js";
 import { threefry2x32 } from "./threefry.js";
+import { eagerBinaryFast, eagerReduceFast, eagerUnaryFast } from "./wasm/eager.js";
 
 export { CpuBuffer } from "./buffer.js";
 export { erf, erfc, erfInv } from "./math.js";
@@ -99,7 +104,8 @@ export class CpuBackend implements Backend<CpuBuffer> {
   full(out: OutType, value: number): CpuBuffer {
     checkShape("full", out.shape);
     const x = CpuBuffer.zeros(out);
-    if (value !== 0) x.data.fill(out.dtype === "bool" ? (value !== 0 ? 1 : 0) : value);
+    // -0 too: `value !== 0` is false for it, but a float -0 must keep its sign.
+    if (value !== 0 || Object.is(value, -0)) x.data.fill(out.dtype === "bool" ? (value !== 0 ? 1 : 0) : value);
     return x;
   }
 
@@ -128,11 +134,11 @@ export class CpuBackend implements Backend<CpuBuffer> {
   // ---- elementwise ----
 
   unary(op: UnaryOp, x: CpuBuffer, out: OutType): CpuBuffer {
-    return unary(op, x, out);
+    return eagerUnaryFast(op, x, out) ?? unary(op, x, out);
   }
 
   binary(op: BinaryOp, x: CpuBuffer, y: CpuBuffer, out: OutType): CpuBuffer {
-    return binary(op, x, y, out);
+    return eagerBinaryFast(op, x, y, out) ?? binary(op, x, y, out);
   }
 
   select(pred: CpuBuffer, onTrue: CpuBuffer, onFalse: CpuBuffer): CpuBuffer {
@@ -150,7 +156,7 @@ export class CpuBackend implements Backend<CpuBuffer> {
   // ---- reductions ----
 
   reduce(op: ReduceOp, x: CpuBuffer, axes: readonly number[], out: OutType): CpuBuffer {
-    return reduce(op, x, axes, out);
+    return eagerReduceFast(op, x, axes, out) ?? reduce(op, x, axes, out);
   }
 
   argReduce(op: ArgReduceOp, x: CpuBuffer, axis: number, out: OutType): CpuBuffer {

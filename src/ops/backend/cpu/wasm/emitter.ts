@@ -2,8 +2,8 @@
  * @file A small WebAssembly binary emitter: just enough of the format (type, import, function, export
  * and code sections, LEB128 integers, structured control flow, i32 / f32 / f64 scalar ops and the
  * 128-bit SIMD ops the CPU kernels use) to generate specialised kernels at run time with no external
- * toolchain. Read `ModuleBuilder` (the module) and `Code` (a function body) first; gemm-kernels.ts is
- * the user. Opcode numbers are those of the WebAssembly core spec 2.0 (binary format, section 5.4)
+ * toolchain. Read `ModuleBuilder` (the module) and `Code` (a function body) first; gemm-kernels.ts,
+ * fused.ts and reduce.ts are the users. Opcode numbers are those of the WebAssembly core spec 2.0 (binary format, section 5.4)
  * and the relaxed-SIMD proposal.
  */
 
@@ -53,6 +53,7 @@ const SIMD = {
   "f32x4.splat": 0x13,
   "f64x2.splat": 0x14,
   "f32x4.extract_lane": 0x1f,
+  "f32x4.replace_lane": 0x20,
   "f64x2.extract_lane": 0x21,
   "f32x4.add": 0xe4,
   "f32x4.sub": 0xe5,
@@ -60,10 +61,75 @@ const SIMD = {
   "f32x4.div": 0xe7,
   "f32x4.min": 0xe8,
   "f32x4.max": 0xe9,
+  "f32x4.pmin": 0xea,
+  "f32x4.pmax": 0xeb,
   "f64x2.add": 0xf0,
   "f64x2.sub": 0xf1,
   "f64x2.mul": 0xf2,
   "f64x2.div": 0xf3,
+  "i32x4.splat": 0x11,
+  "i32x4.eq": 0x37,
+  "i32x4.ne": 0x38,
+  "i32x4.lt_s": 0x39,
+  "i32x4.lt_u": 0x3a,
+  "i32x4.gt_s": 0x3b,
+  "i32x4.gt_u": 0x3c,
+  "i32x4.le_s": 0x3d,
+  "i32x4.le_u": 0x3e,
+  "i32x4.ge_s": 0x3f,
+  "i32x4.ge_u": 0x40,
+  "f32x4.eq": 0x41,
+  "f32x4.ne": 0x42,
+  "f32x4.lt": 0x43,
+  "f32x4.gt": 0x44,
+  "f32x4.le": 0x45,
+  "f32x4.ge": 0x46,
+  "f64x2.eq": 0x47,
+  "f64x2.ne": 0x48,
+  "f64x2.lt": 0x49,
+  "f64x2.gt": 0x4a,
+  "f64x2.le": 0x4b,
+  "f64x2.ge": 0x4c,
+  "v128.not": 0x4d,
+  "v128.and": 0x4e,
+  "v128.andnot": 0x4f,
+  "v128.or": 0x50,
+  "v128.xor": 0x51,
+  "v128.bitselect": 0x52,
+  "v128.any_true": 0x53,
+  "f32x4.demote_f64x2_zero": 0x5e,
+  "f64x2.promote_low_f32x4": 0x5f,
+  "f32x4.ceil": 0x67,
+  "f32x4.floor": 0x68,
+  "f32x4.trunc": 0x69,
+  "f32x4.nearest": 0x6a,
+  "f64x2.ceil": 0x74,
+  "f64x2.floor": 0x75,
+  "f64x2.nearest": 0x94,
+  "i32x4.abs": 0xa0,
+  "i32x4.neg": 0xa1,
+  "i32x4.shl": 0xab,
+  "i32x4.shr_s": 0xac,
+  "i32x4.shr_u": 0xad,
+  "i32x4.add": 0xae,
+  "i32x4.sub": 0xb1,
+  "i32x4.mul": 0xb5,
+  "i32x4.min_s": 0xb6,
+  "i32x4.min_u": 0xb7,
+  "i32x4.max_s": 0xb8,
+  "i32x4.max_u": 0xb9,
+  "f32x4.abs": 0xe0,
+  "f32x4.neg": 0xe1,
+  "f32x4.sqrt": 0xe3,
+  "f64x2.abs": 0xec,
+  "f64x2.neg": 0xed,
+  "f64x2.sqrt": 0xef,
+  "f64x2.min": 0xf4,
+  "f64x2.max": 0xf5,
+  "i32x4.trunc_sat_f32x4_s": 0xf8,
+  "i32x4.trunc_sat_f32x4_u": 0xf9,
+  "f32x4.convert_i32x4_s": 0xfa,
+  "f32x4.convert_i32x4_u": 0xfb,
   "f32x4.relaxed_madd": 0x105,
   "f64x2.relaxed_madd": 0x107,
 } as const;
@@ -104,6 +170,10 @@ const OP = {
   "i32.shl": 0x74,
   "i32.shr_u": 0x76,
   "f32.add": 0x92,
+  "f32.min": 0x96,
+  "f32.max": 0x97,
+  "f64.promote_f32": 0xbb,
+  "f32.demote_f64": 0xb6,
   "f32.mul": 0x94,
   "f64.add": 0xa0,
   "f64.mul": 0xa2,
@@ -188,6 +258,42 @@ export class Code {
   shuffle32(lanes: readonly [number, number, number, number]): this {
     this.simd("i8x16.shuffle");
     for (const l of lanes) for (let b = 0; b < 4; b++) this.bytes.push(l * 4 + b);
+    return this;
+  }
+
+  /** A lane access (`*.extract_lane` / `*.replace_lane`) with its lane index immediate. */
+  lane(name: "f32x4.extract_lane" | "f32x4.replace_lane", lane: number): this {
+    this.simd(name);
+    this.bytes.push(lane);
+    return this;
+  }
+
+  /** `f64x2.extract_lane` with its lane index immediate. */
+  lane64(name: "f64x2.extract_lane", lane: number): this {
+    this.simd(name);
+    this.bytes.push(lane);
+    return this;
+  }
+
+  /** `v128.const` with four 32-bit lanes given as int32 bit patterns. */
+  v128I32(lanes: readonly [number, number, number, number]): this {
+    return this.v128Bytes(new Uint8Array(new Int32Array(lanes.map((x) => x | 0)).buffer));
+  }
+
+  /** `v128.const` with every f32 lane equal to `v` (rounded to float32). */
+  f32x4Const(v: number): this {
+    return this.v128Bytes(new Uint8Array(new Float32Array([v, v, v, v]).buffer));
+  }
+
+  /** `v128.const` with both f64 lanes equal to `v`. */
+  f64x2Const(v: number): this {
+    return this.v128Bytes(new Uint8Array(new Float64Array([v, v]).buffer));
+  }
+
+  /** Pushes a 128-bit constant given as its 16 bytes (little-endian lanes). */
+  v128Bytes(b: Uint8Array): this {
+    this.simd("v128.const");
+    for (const x of b) this.bytes.push(x);
     return this;
   }
 
@@ -314,8 +420,8 @@ export interface MemoryImport {
 }
 
 /**
- * A module under construction: an imported memory, then functions (indices in the order added; no
- * function imports), some exported by name.
+ * A module under construction: imported functions (first indices), an imported memory, then
+ * functions (indices in the order added, after the imports), some exported by name.
  */
 export class ModuleBuilder {
   #types: string[] = [];
@@ -323,6 +429,7 @@ export class ModuleBuilder {
   #funcs: { type: number; code: Code }[] = [];
   #exports: { name: string; index: number }[] = [];
   #memory: MemoryImport | null = null;
+  #funcImports: { module: string; field: string; type: number }[] = [];
 
   importMemory(mem: MemoryImport): this {
     if (mem.shared && mem.maximum === undefined) throw new RangeError("importMemory: a shared memory needs a maximum");
@@ -344,15 +451,25 @@ export class ModuleBuilder {
     return this.#types.length - 1;
   }
 
+  /**
+   * Imports a function (e.g. `Math.sin` for a rare slow path); returns its index. Imports take the
+   * first function indices, so every import must come before the first `declare`.
+   */
+  importFunction(module: string, field: string, params: readonly ValType[], results: readonly ValType[] = []): number {
+    if (this.#funcs.length > 0) throw new RangeError("importFunction: function imports must precede declared functions");
+    this.#funcImports.push({ module, field, type: this.#typeIndex(params, results) });
+    return this.#funcImports.length - 1;
+  }
+
   /** Reserves a function index (so bodies can call functions defined later); fill it with `define`. */
   declare(params: readonly ValType[], results: readonly ValType[] = []): number {
     this.#funcs.push({ type: this.#typeIndex(params, results), code: new Code(params, results) });
-    return this.#funcs.length - 1;
+    return this.#funcImports.length + this.#funcs.length - 1;
   }
 
   /** The body of a declared function. */
   code(index: number): Code {
-    return this.#funcs[index]!.code;
+    return this.#funcs[index - this.#funcImports.length]!.code;
   }
 
   export(name: string, index: number): this {
@@ -373,17 +490,25 @@ export class ModuleBuilder {
     uleb(this.#typeBytes.length, types);
     for (const t of this.#typeBytes) types.push(...t);
     section(1, types);
-    // 2: imports (the memory)
-    if (this.#memory) {
-      const m = this.#memory;
+    // 2: imports (functions, then the memory)
+    if (this.#memory || this.#funcImports.length > 0) {
       const imp: number[] = [];
-      uleb(1, imp);
-      name(m.module, imp);
-      name(m.field, imp);
-      imp.push(0x02);
-      imp.push((m.maximum !== undefined ? 1 : 0) | (m.shared ? 2 : 0));
-      uleb(m.initial, imp);
-      if (m.maximum !== undefined) uleb(m.maximum, imp);
+      uleb(this.#funcImports.length + (this.#memory ? 1 : 0), imp);
+      for (const f of this.#funcImports) {
+        name(f.module, imp);
+        name(f.field, imp);
+        imp.push(0x00);
+        uleb(f.type, imp);
+      }
+      if (this.#memory) {
+        const m = this.#memory;
+        name(m.module, imp);
+        name(m.field, imp);
+        imp.push(0x02);
+        imp.push((m.maximum !== undefined ? 1 : 0) | (m.shared ? 2 : 0));
+        uleb(m.initial, imp);
+        if (m.maximum !== undefined) uleb(m.maximum, imp);
+      }
       section(2, imp);
     }
     // 3: function signatures

@@ -35,6 +35,11 @@ export interface CpuWasmOptions {
   tasksPerThread: number;
   /** Whether the main thread runs tasks of parallel products too (false: workers only; for tests). */
   mainTakesPart: boolean;
+  /**
+   * Whether parallel products fall back to one thread for a while when workers keep the main thread
+   * waiting (an oversubscribed machine; see `WasmRuntime.threadsFor`). Off: always `threads`.
+   */
+  adaptiveThreads: boolean;
 }
 
 /**
@@ -48,6 +53,7 @@ export const cpuWasmOptions: CpuWasmOptions = {
   parallelMinMacs: 1 << 20,
   tasksPerThread: 4,
   mainTakesPart: true,
+  adaptiveThreads: true,
 };
 
 /** Updates `cpuWasmOptions` (tests force the fast path on tiny shapes with `minMacs: 0`). */
@@ -178,8 +184,9 @@ export function wasmGemm(
   if (size === 0) return f64 ? new Float64Array(0) : new Float32Array(0);
   if (k === 0) return f64 ? new Float64Array(size) : new Float32Array(size);
   const macs = nb * m * n * k;
-  const threads = macs >= cpuWasmOptions.parallelMinMacs ? rt.threads : 1;
-  if (threads > 1) rt.startWorkers();
+  const want = macs >= cpuWasmOptions.parallelMinMacs ? rt.threads : 1;
+  if (want > 1) rt.startWorkers();
+  const threads = cpuWasmOptions.adaptiveThreads && cpuWasmOptions.mainTakesPart ? rt.threadsFor(want) : want;
 
   const mp = Math.ceil(m / bl.mr) * bl.mr;
   const ldc = Math.ceil(n / bl.nr) * bl.nr;

@@ -1,8 +1,11 @@
 /**
  * @file The CPU backend's WebAssembly fast path (public surface). Read gemm.ts (the product and its
  * work split), then pool.ts (memory, workers, thread count), job-runner.ts (the hand-off protocol),
- * gemm-kernels.ts (the generated SIMD kernels) and emitter.ts (the binary encoder); elementwise.ts
- * holds the float32 binary ops.
+ * gemm-kernels.ts (the generated SIMD kernels) and emitter.ts (the binary encoder). fused.ts compiles
+ * fused elementwise programs (the jit compiler's `ScalarProgram`s) to Wasm SIMD or JavaScript, with
+ * simd-math.ts (float32 exp, log, tanh, logistic, sin, cos on f32x4); eager.ts sends large eager float32
+ * unary / binary ops and reductions (reduce.ts) to them; elementwise.ts holds the older float32 binary
+ * ops (kept for its tests).
  *
  * Environment: `WEBGRAD_THREADS` caps the threads (default: all cores), `WEBGRAD_CPU_WASM=0` turns
  * the fast path off, `WEBGRAD_CPU_SHARED=0` forces unshared memory (single-threaded), and
@@ -11,6 +14,10 @@
 export { configureCpuWasm, cpuWasmOptions, wasmGemm, type CpuWasmOptions, type GemmOperand } from "./gemm.js";
 export { setCpuThreads, shutdownCpuWasmPool } from "./pool.js";
 export { wasmBinaryF32, WASM_BINARY_MIN, type WasmBinaryOp } from "./elementwise.js";
+export {
+  compileScalarProgram, configureFused, fusedOptions, fusedStats, type FusedKernel, type FusedOptions, type StridedView,
+} from "./fused.js";
+export { wasmReduceF32, WASM_REDUCE_MIN, type WasmReduceOp } from "./reduce.js";
 import { CTRL_WORKER_TASKS } from "./job-runner.js";
 import { getRuntime } from "./pool.js";
 
