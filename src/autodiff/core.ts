@@ -242,11 +242,28 @@ function findTopTrace(args: readonly Value[]): Trace {
   return top.trace;
 }
 
+/**
+ * Whether no transform is active (plain eager evaluation). Then every bind runs at once on concrete
+ * arrays and nothing can keep a concrete value for later (under vjp / linearize one may be kept as a
+ * residual), so eager code may dispose its own intermediates as soon as it has used them.
+ */
+export function isEagerContext(): boolean {
+  return traceStack.length === 1;
+}
+
 /** Applies a primitive to values under the innermost active transform among them. */
 export function bind(prim: Primitive, args: readonly Value[], params: any): Value[] {
-  // Fast path for eager evaluation: no transform is active and no argument is a tracer.
-  if (traceStack.length === 1 && !args.some((a) => a instanceof Tracer)) {
-    return prim.impl(args as readonly Concrete[], params);
+  // Fast path for eager evaluation: no transform is active and no argument is a tracer. (A plain loop:
+  // this runs once per eager op.)
+  if (traceStack.length === 1) {
+    let traced = false;
+    for (let i = 0; i < args.length; i++) {
+      if (args[i] instanceof Tracer) {
+        traced = true;
+        break;
+      }
+    }
+    if (!traced) return prim.impl(args as readonly Concrete[], params);
   }
   const trace = findTopTrace(args);
   const tracers = args.map((a) => trace.fullRaise(a));

@@ -54,17 +54,57 @@ function nodeOf(dtype: DType, weak: boolean): Node {
   return isFloat(dtype) ? "f*" : "i*";
 }
 
+/** The (dtype, weakness) a lattice node stands for: weak categories become weak int32 / float32. */
+function typeOfNode(n: Node): { dtype: DType; weakType: boolean } {
+  if (n === "i*") return { dtype: "int32", weakType: true };
+  // A weak float keeps float64 if one of the weak operands was float64 (e.g. a weak f64 literal).
+  if (n === "f*") return { dtype: "float32", weakType: true };
+  return { dtype: n, weakType: false };
+}
+
 /** Result dtype and weakness of combining values of these (dtype, weak) types, as jnp.result_type. */
 export function resultType(types: readonly { dtype: DType; weakType: boolean }[]): { dtype: DType; weakType: boolean } {
   if (types.length === 0) return { dtype: "float32", weakType: true };
   let n = nodeOf(types[0]!.dtype, types[0]!.weakType);
   for (let i = 1; i < types.length; i++) n = join(n, nodeOf(types[i]!.dtype, types[i]!.weakType));
-  if (n === "i*") return { dtype: "int32", weakType: true };
-  if (n === "f*") {
-    // A weak float keeps float64 if one of the weak operands was float64 (e.g. a weak f64 literal).
-    return { dtype: "float32", weakType: true };
+  return typeOfNode(n);
+}
+
+/** A promotion result shared between calls (frozen: callers must not change it). */
+export type PromotedType = Readonly<{ dtype: DType; weakType: boolean }>;
+
+// resultType of two operands, tabulated once so the eager path of every binary np function pays an
+// index computation instead of lattice walks and allocations: [type a][type b], a type being
+// 2 · dtypeIndex(dtype) + weak.
+const TYPE_DTYPES: readonly DType[] = ["bool", "int32", "uint32", "float32", "float64"];
+/** Index of a dtype in TYPE_DTYPES (and in per-dtype tables elsewhere, e.g. the scalar cache). */
+export function dtypeIndex(dtype: DType): number {
+  switch (dtype) {
+    case "bool":
+      return 0;
+    case "int32":
+      return 1;
+    case "uint32":
+      return 2;
+    case "float32":
+      return 3;
+    case "float64":
+      return 4;
+    default:
+      checkDType("dtypeIndex", dtype); // throws: not a DType
+      return -1;
   }
-  return { dtype: n, weakType: false };
+}
+const typeIndex = (dtype: DType, weak: boolean): number => 2 * dtypeIndex(dtype) + (weak ? 1 : 0);
+const PAIR_TABLE: PromotedType[][] = TYPE_DTYPES.flatMap((da) =>
+  [false, true].map((wa) =>
+    TYPE_DTYPES.flatMap((db) => [false, true].map((wb) => Object.freeze(typeOfNode(join(nodeOf(da, wa), nodeOf(db, wb)))))),
+  ),
+);
+
+/** `resultType([a, b])` without allocating (the result object is shared and frozen). */
+export function promoteTypes(a: DType, aWeak: boolean, b: DType, bWeak: boolean): PromotedType {
+  return PAIR_TABLE[typeIndex(a, aWeak)]![typeIndex(b, bWeak)]!;
 }
 
 /** Result of promoting avals (for np functions). */

@@ -8,11 +8,11 @@
  * dtype is given (JS has no int/float distinction to infer from); lists of booleans are bool.
  */
 import { DType, isFloat, isInt, Shape, shapeStr } from "../autodiff/aval.js";
-import { Tracer, Value } from "../autodiff/core.js";
+import { isEagerContext, Tracer, Value } from "../autodiff/core.js";
 import { ArgumentError, DTypeError, ShapeError } from "../autodiff/errors.js";
-import { Array, ArrayOptions, fromHost, NestedArray, resolveDevice, scalar } from "./array.js";
+import { Array, ArrayOptions, beginTemporaries, endTemporaries, fromHost, NestedArray, resolveDevice, scalar } from "./array.js";
 import type { AnyTypedArray } from "./backend/kernel.js";
-import { checkDType, resultType } from "./dtype.js";
+import { checkDType, promoteTypes, resultType } from "./dtype.js";
 import * as lax from "./lax/elementwise.js";
 import { dotGeneral } from "./lax/dot.js";
 import { gather } from "./lax/indexing.js";
@@ -54,11 +54,17 @@ export function asArray(x: ArrayLike, what = "np.asarray"): Value {
 
 /** Shape of broadcasting `shapes` together (numpy rules), or a ShapeError naming `name`. */
 export function broadcastShapes(name: string, ...shapes: Shape[]): number[] {
-  const n = Math.max(0, ...shapes.map((s) => s.length));
+  return broadcastShapeList(name, shapes);
+}
+
+function broadcastShapeList(name: string, shapes: readonly Shape[]): number[] {
+  let n = 0;
+  for (let j = 0; j < shapes.length; j++) if (shapes[j]!.length > n) n = shapes[j]!.length;
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
     let d = 1;
-    for (const s of shapes) {
+    for (let j = 0; j < shapes.length; j++) {
+      const s = shapes[j]!;
       const k = s.length - n + i;
       const v = k >= 0 ? s[k]! : 1;
       if (v === 1) continue;
@@ -92,16 +98,45 @@ export function astype(x: ArrayLike, dtype: DType): Value {
 /** Promotes operands to their common dtype and broadcasts them to a common shape. */
 function promote(name: string, xs: readonly ArrayLike[], minFloat = false): Value[] {
   if (sameTypeAndShape(xs, minFloat)) return xs as Value[];
-  const vs = xs.map((x) => asArray(x, `np.${name}`));
-  let { dtype, weakType } = resultType(vs.map((v) => ({ dtype: v.aval.dtype, weakType: v.aval.weakType })));
+  // Plain loops (no map / spread): this runs for every eager binary op whose operands differ.
+  const what = `np.${name}`;
+  const n = xs.length;
+  const vs: Value[] = [];
+  for (let i = 0; i < n; i++) vs.push(asArray(xs[i]!, what));
+  let dtype: DType;
+  let weakType: boolean;
+  if (n === 2) {
+    const a = vs[0]!.aval;
+    const b = vs[1]!.aval;
+    ({ dtype, weakType } = promoteTypes(a.dtype, a.weakType, b.dtype, b.weakType));
+  } else {
+    ({ dtype, weakType } = resultType(vs.map((v) => ({ dtype: v.aval.dtype, weakType: v.aval.weakType }))));
+  }
   if (minFloat && !isFloat(dtype)) dtype = "float32";
-  const shape = broadcastShapes(name, ...vs.map((v) => v.aval.shape));
+  const shapes: Shape[] = [];
+  for (let i = 0; i < n; i++) shapes.push(vs[i]!.aval.shape);
+  const shape = broadcastShapeList(name, shapes);
   // JS scalars are made in the result dtype directly, so jaxprs show a literal, not a conversion.
-  return vs.map((v, i) => {
+  const out: Value[] = [];
+  for (let i = 0; i < n; i++) {
     const raw = xs[i];
-    const c = typeof raw === "number" || typeof raw === "boolean" ? scalar(raw, dtype, weakType) : lax.convert(v, dtype, weakType);
-    return broadcastTo(c, shape);
-  });
+    const c = typeof raw === "number" || typeof raw === "boolean" ? scalar(raw, dtype, weakType) : lax.convert(vs[i]!, dtype, weakType);
+    out.push(broadcastToResult(c, shape));
+  }
+  return out;
+}
+
+/**
+ * `broadcastTo(v, shape)` for an operand whose shape is known to broadcast to `shape` (it is the
+ * broadcast of all the operands' shapes), so without re-checking.
+ */
+function broadcastToResult(v: Value, shape: Shape): Value {
+  const s = v.aval.shape;
+  if (sameShape(s, shape)) return v; // what broadcastInDim returns for identity dims
+  const off = shape.length - s.length;
+  const dims: number[] = [];
+  for (let i = 0; i < s.length; i++) dims.push(i + off);
+  return broadcastInDim(v, shape, dims);
 }
 
 /** Fast path of `promote`: arrays that already share a shape and dtype need nothing. */
@@ -126,11 +161,110 @@ function asFloat(name: string, x: ArrayLike): Value {
   return isFloat(v.aval.dtype) ? v : lax.convert(v, "float32", v.aval.weakType);
 }
 
+/**
+ * A binary np function: promote, broadcast, apply `f`. The two commonest eager calls skip the general
+ * `promote` (which allocates lists, walks the type lattice and re-checks broadcasting): two arrays of
+ * one aval, and an array with a JS number. Both give exactly what `promote` gives, with the same
+ * primitives bound in the same order.
+ *
+ * In eager code (no transform active) the operands that promotion creates (a broadcast scalar, a
+ * broadcast or converted array) are temporaries: they are disposed as soon as `f` has run, instead of
+ * being registered with the GC safety net (the largest cost of a small eager op) and counted as live
+ * until a collection or the end of the enclosing scope.
+ */
 const binary = (name: string, f: (a: Value, b: Value) => Value, minFloat = false) => (x: ArrayLike, y: ArrayLike): Value => {
-  const [a, b] = promote(name, [x, y], minFloat);
-  return f(a!, b!);
+  const xIsValue = x instanceof Array || x instanceof Tracer;
+  const yIsValue = y instanceof Array || y instanceof Tracer;
+  if (xIsValue && yIsValue) {
+    const a = x.aval;
+    const b = y.aval;
+    if (a.dtype === b.dtype && a.weakType === b.weakType && (!minFloat || isFloat(a.dtype)) && sameShape(a.shape, b.shape)) {
+      return f(x, y);
+    }
+  } else if ((xIsValue && typeof y === "number") || (yIsValue && typeof x === "number")) {
+    const numFirst = !xIsValue;
+    const v = (numFirst ? y : x) as Value;
+    const num = (numFirst ? x : y) as number;
+    const t = numberType(v, num, minFloat);
+    const va = v.aval;
+    if (va.shape.length === 0 && va.dtype === t.dtype && va.weakType === t.weakType) {
+      // A scalar that needs no conversion: nothing to broadcast or convert.
+      const s = scalar(num, t.dtype, t.weakType);
+      return numFirst ? f(s, v) : f(v, s);
+    }
+    const prepare = () => numberOperands(v, num, numFirst, t);
+    return isEagerContext() ? withTemporaries(prepare, f) : f(...prepare());
+  }
+  const prepare = () => promote(name, [x, y], minFloat) as [Value, Value];
+  return isEagerContext() ? withTemporaries(prepare, f) : f(...prepare());
 };
-const unaryFloat = (name: string, f: (a: Value) => Value) => (x: ArrayLike): Value => f(asFloat(name, x));
+
+function sameShape(a: Shape, b: Shape): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let k = 0; k < a.length; k++) if (a[k] !== b[k]) return false;
+  return true;
+}
+
+/**
+ * The common type of an array and a JS number, as `promote` finds it: the number is a weak int32 if
+ * integer-valued in int32 range, else a weak float32; `minFloat` turns a non-float result into float32.
+ */
+function numberType(v: Value, num: number, minFloat: boolean): { dtype: DType; weakType: boolean } {
+  const va = v.aval;
+  const isI = Number.isInteger(num) && num >= INT32_MIN && num <= INT32_MAX;
+  const t = promoteTypes(va.dtype, va.weakType, isI ? "int32" : "float32", true);
+  return minFloat && !isFloat(t.dtype) ? { dtype: "float32", weakType: t.weakType } : t;
+}
+
+/**
+ * The operands `promote` makes of an array `v` and a JS number `num` (`numFirst`: the number is the
+ * left operand) of common type `t`, made in the same order: both take type `t`; the number becomes a
+ * scalar broadcast to v's shape (a scalar always broadcasts, and v's shape is the result shape).
+ */
+function numberOperands(v: Value, num: number, numFirst: boolean, t: { dtype: DType; weakType: boolean }): [Value, Value] {
+  if (numFirst) {
+    const s = broadcastScalar(scalar(num, t.dtype, t.weakType), v.aval.shape);
+    return [s, lax.convert(v, t.dtype, t.weakType)];
+  }
+  const c = lax.convert(v, t.dtype, t.weakType);
+  return [c, broadcastScalar(scalar(num, t.dtype, t.weakType), v.aval.shape)];
+}
+
+/**
+ * `f` on the operands `prepare` makes, in eager code only: the arrays that `prepare` creates (converted
+ * or broadcast operands, arrays made from JS lists) are temporaries (array.ts, beginTemporaries),
+ * disposed as soon as `f` has run.
+ */
+function withTemporaries(prepare: () => [Value, Value], f: (a: Value, b: Value) => Value): Value {
+  const temps: Array[] = [];
+  const prev = beginTemporaries(temps);
+  let ops: [Value, Value];
+  try {
+    ops = prepare();
+  } catch (e) {
+    endTemporaries(prev);
+    for (const t of temps) t.dispose();
+    throw e;
+  }
+  endTemporaries(prev);
+  if (temps.length === 0) return f(ops[0], ops[1]);
+  let out: Value | undefined;
+  try {
+    out = f(ops[0], ops[1]);
+    return out;
+  } finally {
+    for (const t of temps) if (t !== out) t.dispose();
+  }
+}
+
+/** A scalar broadcast to `shape` (what broadcastTo does for a rank-0 operand, without its checks). */
+function broadcastScalar(s: Value, shape: Shape): Value {
+  return shape.length === 0 ? s : broadcastInDim(s, shape, []);
+}
+const unaryFloat = (name: string, f: (a: Value) => Value) => (x: ArrayLike): Value =>
+  // A float array needs no conversion (the common eager case; skips building asFloat's error label).
+  (x instanceof Array || x instanceof Tracer) && isFloat(x.aval.dtype) ? f(x) : f(asFloat(name, x));
 
 // ---------------------------------------------------------------------------------------------------
 // Creation
@@ -386,7 +520,11 @@ export type Axis = number | readonly number[] | null | undefined;
 
 /** Normalised, sorted reduction axes (all axes for null/undefined). */
 export function normalizeAxes(name: string, axis: Axis, ndim: number): number[] {
-  if (axis === null || axis === undefined) return range(ndim);
+  if (axis === null || axis === undefined) {
+    const all: number[] = []; // every axis (a plain loop: reductions call this on every eager op)
+    for (let i = 0; i < ndim; i++) all.push(i);
+    return all;
+  }
   const list = typeof axis === "number" ? [axis] : [...axis];
   const out = list.map((a) => {
     if (!Number.isInteger(a) || a < -ndim || a >= ndim) {
@@ -413,8 +551,9 @@ function keep(y: Value, shape: Shape, axes: readonly number[], keepdims: boolean
 }
 
 function reduction(name: string, f: (x: Value, axes: number[]) => Value, pre?: (v: Value) => Value) {
+  const what = `np.${name}`; // made once, not on every call
   return (x: ArrayLike, opts: ReduceOptions = {}): Value => {
-    let v = asArray(x, `np.${name}`);
+    let v = asArray(x, what);
     if (pre) v = pre(v);
     const axes = normalizeAxes(name, opts.axis, v.aval.ndim);
     return keep(f(v, axes), v.aval.shape, axes, opts.keepdims);

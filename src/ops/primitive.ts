@@ -22,14 +22,11 @@ export interface OpsPrimitive<P = any> extends Primitive<P> {
   readonly lower: LowerRule<P>;
 }
 
-/**
- * Places the arguments of an op on one device, following JAX's rule: arrays created without an explicit
- * device (JS numbers, np.array without `device`) are *uncommitted* and follow the committed ones, so
- * `np.add(gpuArray, 1)` works with the CPU as the default device. Two committed devices are an error.
- */
-export function placeArgs(name: string, args: readonly Array[]): [Device, readonly Array[]] {
+/** The device an op runs on (JAX's rule, see placeArgs); throws for two committed devices. */
+function targetDevice(name: string, args: readonly Array[]): Device {
   let target: Device | null = null;
-  for (const a of args) {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
     if (!a.committed) continue;
     if (target === null) target = a.device;
     else if (a.device !== target) {
@@ -38,72 +35,173 @@ export function placeArgs(name: string, args: readonly Array[]): [Device, readon
       );
     }
   }
-  const dev = target ?? args[0]?.device ?? getDefaultDevice();
-  if (args.every((a) => a.device === dev)) return [dev, args];
-  return [dev, args.map((a) => (a.device === dev ? a : a.copyTo(dev, name)))];
+  return target ?? (args.length > 0 ? args[0]!.device : getDefaultDevice());
+}
+
+/** `args`, or copies of the ones not on `dev` (uncommitted arrays follow the committed ones). */
+function moveTo(name: string, dev: Device, args: readonly Array[]): readonly Array[] {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i]!.device !== dev) return args.map((a) => (a.device === dev ? a : a.copyTo(dev, name)));
+  }
+  return args;
+}
+
+/**
+ * Places the arguments of an op on one device, following JAX's rule: arrays created without an explicit
+ * device (JS numbers, np.array without `device`) are *uncommitted* and follow the committed ones, so
+ * `np.add(gpuArray, 1)` works with the CPU as the default device. Two committed devices are an error.
+ */
+export function placeArgs(name: string, args: readonly Array[]): [Device, readonly Array[]] {
+  const dev = targetDevice(name, args);
+  return [dev, moveTo(name, dev, args)];
 }
 
 /**
  * A builder that records every handle the backend returns, so a lowering's intermediates (handles that
  * are neither inputs nor outputs) can be released right after it (one per backend, reused).
+ *
+ * It is a plain object whose prototype is the backend, with one recording wrapper per backend method,
+ * made once: a Proxy `get` trap plus a Map lookup on every kernel call cost more than most small
+ * kernels. Non-method properties read through to the backend.
  */
 interface Recorder {
   readonly builder: KernelBuilder<unknown>;
+  /** Handles the backend returned; entries below `top` are live records (the rest is stale). */
   readonly created: unknown[];
+  top: number;
 }
 const recorders = new WeakMap<object, Recorder>();
+let lastBackend: object | null = null;
+let lastRecorder: Recorder | null = null;
 function recorderFor(backend: KernelBuilder<unknown>): Recorder {
+  if (backend === lastBackend) return lastRecorder!;
   let r = recorders.get(backend);
-  if (!r) {
-    const created: unknown[] = [];
-    const wrapped = new Map<PropertyKey, unknown>();
-    const builder = new Proxy(backend, {
-      get(target, prop) {
-        const v = Reflect.get(target, prop, target);
-        if (typeof v !== "function" || prop === "typeOf") return v;
-        let w = wrapped.get(prop);
-        if (!w) {
-          w = (...a: unknown[]) => {
-            const out = (v as (...x: unknown[]) => unknown).apply(target, a);
-            if (globalThis.Array.isArray(out)) created.push(...out);
-            else created.push(out);
-            return out;
-          };
-          wrapped.set(prop, w);
-        }
-        return w;
-      },
-    });
-    r = { builder, created };
-    recorders.set(backend, r);
-  }
+  if (!r) r = makeRecorder(backend);
+  lastBackend = backend;
+  lastRecorder = r;
   return r;
 }
 
+function makeRecorder(backend: KernelBuilder<unknown>): Recorder {
+  const rec: Recorder = { builder: Object.create(backend) as KernelBuilder<unknown>, created: [], top: 0 };
+  const builder = rec.builder as unknown as Record<PropertyKey, unknown>;
+  const target = backend as unknown as Record<PropertyKey, unknown>;
+  const record = (out: unknown): unknown => {
+    if (globalThis.Array.isArray(out)) for (const h of out) rec.created[rec.top++] = h;
+    else rec.created[rec.top++] = out;
+    return out;
+  };
+  const names = new Set<PropertyKey>();
+  for (let o: object | null = backend; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+    for (const k of Reflect.ownKeys(o)) if (k !== "constructor") names.add(k);
+  }
+  for (const prop of names) {
+    const desc = findDescriptor(backend, prop)!;
+    if (desc.get !== undefined) {
+      // Accessors run on the backend itself (they may use private state), as the Proxy did.
+      Object.defineProperty(builder, prop, { get: () => target[prop], configurable: true });
+    } else if (typeof desc.value === "function") {
+      // The method is looked up at each call (a cheap monomorphic load), so replacing a backend method
+      // later (a test spy) is seen, as it was through the Proxy. Calls are passed on with exactly the
+      // arguments given (no rest-parameter array: this runs once per kernel call).
+      type Fn = (...x: unknown[]) => unknown;
+      const call = function (this: unknown, a?: unknown, b?: unknown, c?: unknown, d?: unknown, e?: unknown, f?: unknown): unknown {
+        const fn = target[prop] as Fn;
+        switch (arguments.length) {
+          case 0:
+            return fn.call(backend);
+          case 1:
+            return fn.call(backend, a);
+          case 2:
+            return fn.call(backend, a, b);
+          case 3:
+            return fn.call(backend, a, b, c);
+          case 4:
+            return fn.call(backend, a, b, c, d);
+          case 5:
+            return fn.call(backend, a, b, c, d, e);
+          case 6:
+            return fn.call(backend, a, b, c, d, e, f);
+          default:
+            return fn.apply(backend, globalThis.Array.prototype.slice.call(arguments));
+        }
+      };
+      const wrapped =
+        prop === "typeOf"
+          ? call
+          : function (this: unknown): unknown {
+              // eslint-disable-next-line prefer-rest-params
+              return record((call as Fn).apply(this, arguments as unknown as unknown[]));
+            };
+      Object.defineProperty(builder, prop, { value: wrapped, configurable: true, writable: true });
+    } // data properties are read through the prototype
+  }
+  recorders.set(backend, rec);
+  return rec;
+}
+
+function findDescriptor(o: object | null, prop: PropertyKey): PropertyDescriptor | undefined {
+  for (; o !== null; o = Object.getPrototypeOf(o)) {
+    const d = Object.getOwnPropertyDescriptor(o, prop);
+    if (d) return d;
+  }
+  return undefined;
+}
+
+/** The Array of an output handle; each Array owns its handle, so an input handed back is re-viewed. */
+function own(b: unknown, aval: ShapedArray, inputs: readonly unknown[], device: Device, committed: boolean): Array {
+  const out = wrapBuffer(has(inputs, b) ? device.backend.reshape(b, aval.shape) : b, aval, device);
+  out.committed = committed;
+  return out;
+}
+
+const avalOf = (a: Array): ShapedArray => a.aval;
+const bufferOf = (a: Array): unknown => a.buffer;
+
+/** `xs.includes(h)` without the generic-array-builtin call (xs has a handful of elements). */
+function has(xs: readonly unknown[], h: unknown): boolean {
+  for (let i = 0; i < xs.length; i++) if (xs[i] === h) return true;
+  return false;
+}
+
 export function definePrimitive<P>(rules: Omit<PrimitiveRules<P>, "impl"> & { lower: LowerRule<P> }): OpsPrimitive<P> {
+  const name = rules.name;
+  const abstractEval = rules.abstractEval;
+  const lower = rules.lower;
+  // The eager path of every op on concrete arrays; written as plain loops because it runs once per op
+  // in users' eager loops (see bench/eager-overhead.ts).
   const impl = (args: readonly Concrete[], params: P): Concrete[] => {
-    const [device, arrays] = placeArgs(rules.name, args as readonly Array[]);
-    const avalsIn = arrays.map((a) => a.aval);
-    const avalsOut = rules.abstractEval(avalsIn, params);
-    const inputs = arrays.map((a) => a.buffer);
-    const backend = device.backend as KernelBuilder<unknown>;
-    const rec = recorderFor(backend);
-    const mark = rec.created.length;
-    let outs: unknown[];
+    const device = targetDevice(name, args as readonly Array[]);
+    const arrays = moveTo(name, device, args as readonly Array[]);
+    // (`map` makes packed arrays of the exact length, which rules destructure fastest.)
+    const avalsIn = arrays.map(avalOf);
+    const inputs = arrays.map(bufferOf);
+    let committed = false;
+    for (let i = 0; i < arrays.length; i++) if (arrays[i]!.committed) committed = true;
+    const avalsOut = abstractEval(avalsIn, params);
+    const backend = device.backend;
+    const rec = recorderFor(backend as KernelBuilder<unknown>);
+    const created = rec.created;
+    const mark = rec.top;
+    let outs: unknown[] | undefined;
     try {
-      outs = rules.lower(rec.builder, inputs, params, avalsIn, avalsOut);
+      outs = lower(rec.builder, inputs, params, avalsIn, avalsOut);
     } finally {
       // Intermediates of the lowering (e.g. a cast before a reduction) are released at once.
-      const made = rec.created.splice(mark);
-      for (const h of made) if (!inputs.includes(h) && !outs!?.includes(h)) device.backend.release(h);
+      const end = rec.top;
+      rec.top = mark;
+      for (let k = mark; k < end; k++) {
+        const h = created[k];
+        created[k] = undefined; // hold no handle past its op
+        if (!has(inputs, h) && !(outs !== undefined && has(outs, h))) backend.release(h);
+      }
     }
-    const committed = arrays.some((a) => a.committed);
-    // Each Array owns its handle: a lowering that hands back an input handle gets a fresh view of it.
-    return outs.map((b, i) => {
-      const out = wrapBuffer(inputs.includes(b) ? device.backend.reshape(b, avalsOut[i]!.shape) : b, avalsOut[i]!, device);
-      out.committed = committed;
-      return out;
-    });
+    const handles = outs!;
+    const n = handles.length;
+    if (n === 1) return [own(handles[0], avalsOut[0]!, inputs, device, committed)]; // the common case, packed
+    const result = new globalThis.Array<Concrete>(n);
+    for (let i = 0; i < n; i++) result[i] = own(handles[i], avalsOut[i]!, inputs, device, committed);
+    return result;
   };
   return definePrimitiveRules<P>({ ...rules, impl }) as OpsPrimitive<P>;
 }

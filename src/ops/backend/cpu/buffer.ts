@@ -118,10 +118,23 @@ export class CpuBuffer {
     this.#data = null;
   }
 
-  /** A view onto the same storage. */
+  /** A view onto the same storage (which is then marked shared: see `isStorageShared`). */
   view(shape: Shape, strides: readonly number[], offset: number): CpuBuffer {
-    return new CpuBuffer(this.data, this.dtype, shape, strides, offset, false);
+    const data = this.data;
+    sharedStorage.add(data);
+    return new CpuBuffer(data, this.dtype, shape, strides, offset, false);
   }
+}
+
+/** Storage that some view shares (reshape, transpose, slice, ... return views onto their operand's). */
+const sharedStorage = new WeakSet<AnyTypedArray>();
+
+/**
+ * Whether a view was ever made onto this storage. Storage that may be shared must never be written in
+ * place (e.g. by jit's buffer donation): the view may belong to another live array.
+ */
+export function isStorageShared(data: AnyTypedArray): boolean {
+  return sharedStorage.has(data);
 }
 
 /**
