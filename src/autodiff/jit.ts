@@ -77,6 +77,9 @@ const interpret: JitExecutor = (jaxpr, args) => {
 };
 let executor: JitExecutor = interpret;
 
+/** The default (interpreting) executor, for compilers that fall back to it (src/ops/compile/). */
+export const interpretJaxpr: JitExecutor = interpret;
+
 /** Installs the function that executes jitted jaxprs on concrete inputs (a compiler), or resets it. */
 export function setJitExecutor(e: JitExecutor | null): void {
   executor = e ?? interpret;

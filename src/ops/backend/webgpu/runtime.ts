@@ -335,7 +335,27 @@ export class Runtime {
 
   private countDispatch(): void {
     this.dispatches++;
-    if (++this.batchDispatches >= this.batchLimit) void this.flush();
+    if (++this.batchDispatches >= this.batchLimit && this.holdDepth === 0) void this.flush();
+  }
+
+  /** While > 0, the dispatch-count limit does not submit the batch (see `encodeAll`). */
+  private holdDepth = 0;
+
+  /**
+   * Runs `fn` (which encodes work) without the batch-size limit splitting it, then submits: the work
+   * of a compiled jit call goes to the GPU as one command buffer in one `queue.submit`. (Added for the
+   * jit compiler, src/ops/backend/webgpu/compile/.)
+   */
+  encodeAll<T>(fn: () => T): T {
+    this.holdDepth++;
+    let out: T;
+    try {
+      out = fn();
+    } finally {
+      this.holdDepth--;
+    }
+    if (this.holdDepth === 0 && this.encoder) void this.flush();
+    return out;
   }
 
   // ---- pipelines and dispatch ----

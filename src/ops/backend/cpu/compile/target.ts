@@ -1,0 +1,649 @@
+/**
+ * @file The CPU target of the jit compiler: runs a fused plan (src/ops/compile/fusion.ts) on the CPU
+ * backend. Read src/ops/compile/target.ts (the interface) and the WebGPU target
+ * (src/ops/backend/webgpu/compile/target.ts, the model) first.
+ *
+ * Kernels:
+ * - `map`: one fused elementwise kernel (`compileScalarProgram`, ../wasm/fused.ts: Wasm SIMD or JS),
+ *   reading every leaf through a strided view of its node's storage, writing into the memory plan's
+ *   slots (intermediates), fresh arrays (outputs) or a donated input's storage.
+ * - `reduce`: per reduction, its prologue program is evaluated into a scratch array kept across calls
+ *   (skipped when the operand is a plain read of a buffer: the reduction then reads that buffer through
+ *   its layout) and reduced by the backend's `reduce` (Wasm for float32 rows / columns), then the row
+ *   program (shape K) and the elementwise program (shape S) read the reductions as locals.
+ * - `dot`: the backend's `dotGeneral` (Wasm SIMD GEMM on the worker pool) on strided operand views,
+ *   then the epilogue program (bias, activation, residual) run in place on the fresh product.
+ * - `opaque`: the backend's own op on buffers (views applied with the backend's view ops).
+ *
+ * Everything the steps need is resolved in `prepare` (kernels compiled, views preallocated, slot
+ * storage made on first use and kept); `run` only swaps the inputs' storage into the views and calls
+ * the kernels. Results are bit-identical to the interpreter on the same backend, since every piece
+ * runs the same code the eager ops do (the fused kernels' documented few-ulp transcendental
+ * approximations apply to both: eager float32 unary ops use the same Wasm kernels).
+ */
+import { shapeSize, type DType, type Shape } from "../../../../autodiff/aval.js";
+import { BackendError } from "../../../../autodiff/errors.js";
+import type { Device } from "../../../array.js";
+import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.js";
+import { contiguousLayout, sameLayout, type Layout, type ViewOp } from "../../../compile/graph.js";
+import type { MemoryPlan } from "../../../compile/memory-plan.js";
+import { scalarProgramKey } from "../../../compile/scalar-program.js";
+import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
+import type { AnyTypedArray, DotDims, ReduceOp } from "../../kernel.js";
+import { allocate, contiguousStrides, copyOut, CpuBuffer, isStorageShared } from "../buffer.js";
+import { cpuBackend, type CpuBackend } from "../index.js";
+import { compileScalarProgram, type FusedKernel, type StridedView } from "../wasm/fused.js";
+
+// ---------------------------------------------------------------------------------------------------
+// Storage sharing (donation safety)
+
+// ---------------------------------------------------------------------------------------------------
+// Steps
+
+/** A strided view whose storage and offset are filled in per call. */
+interface Slot {
+  data: AnyTypedArray | null;
+  strides: readonly number[];
+  offset: number;
+}
+
+/** How a program input is bound at run time. */
+type Binding =
+  /** node storage + layout offset */
+  | { readonly kind: "node"; readonly node: number; readonly offset: number }
+  /** a kernel local (reduction result, dot accumulator) */
+  | { readonly kind: "local"; readonly local: number }
+  /** an index view (iota), fixed */
+  | { readonly kind: "fixed" };
+
+interface ProgramStep {
+  readonly kernel: FusedKernel;
+  readonly shape: Shape;
+  readonly views: Slot[];
+  readonly bindings: readonly Binding[];
+  /** Per program output: the node it stores (roots). */
+  readonly roots: readonly number[];
+  readonly into: AnyTypedArray[];
+}
+
+interface MapStep {
+  readonly kind: "map";
+  readonly index: number;
+  readonly prog: ProgramStep;
+}
+
+interface ReduceRed {
+  readonly op: ReduceOp;
+  readonly dtype: DType;
+  /** A plain read of a buffer: reduce it through its layout, no prologue kernel. */
+  readonly direct: { readonly node: number; readonly layout: Layout } | null;
+  /** The prologue (null when direct); its output goes to `scratch`. */
+  readonly prog: ProgramStep | null;
+  scratch: AnyTypedArray | null;
+  /** Cached operand view of the last call (reused while storage and offset are unchanged). */
+  cache: CpuBuffer | null;
+}
+
+interface ReduceStep {
+  readonly kind: "reduce";
+  readonly index: number;
+  readonly shape: Shape;
+  readonly axes: readonly number[];
+  readonly kept: Shape;
+  readonly reds: readonly ReduceRed[];
+  readonly row: ProgramStep | null;
+  readonly elem: ProgramStep | null;
+}
+
+interface DotStep {
+  readonly kind: "dot";
+  readonly index: number;
+  readonly dims: DotDims;
+  readonly shape: Shape;
+  readonly dtype: DType;
+  readonly lhs: { readonly node: number; readonly layout: Layout };
+  readonly rhs: { readonly node: number; readonly layout: Layout };
+  lhsCache: CpuBuffer | null;
+  rhsCache: CpuBuffer | null;
+  /** null: the epilogue stores the product unchanged (the product's storage becomes the root's). */
+  readonly epilogue: ProgramStep | null;
+  /** Root stored straight from the product when the epilogue is the identity. */
+  readonly root: number;
+  /** Epilogue output written in place over the product (-1: none). */
+  readonly inPlace: number;
+}
+
+interface OpaqueStep {
+  readonly kind: "opaque";
+  readonly index: number;
+  readonly node: number;
+  readonly inputs: readonly { readonly node: number; readonly views: readonly ViewOp[] }[];
+  readonly projs: readonly (readonly [node: number, index: number])[];
+}
+
+type Step = MapStep | ReduceStep | DotStep | OpaqueStep;
+
+const LOCAL_ACC = 0;
+
+/** The layout over S reading a K-shaped row value at every position of its row (as fusion.ts). */
+function rowLayout(S: Shape, axes: readonly number[], K: Shape): Layout {
+  const ks = contiguousStrides(K);
+  let k = 0;
+  return { shape: S, strides: S.map((_, d) => (axes.includes(d) ? 0 : ks[k++]!)), offset: 0 };
+}
+
+/** Whether a program stores its only input unchanged (one load of a leaf, stored once). */
+function isPlainLoad(p: Program): boolean {
+  return p.nodes.length === 1 && p.nodes[0]!.op === "load" && p.outputs.length === 1 && p.outputs[0] === 0;
+}
+
+function bytesPerElement(dtype: DType): number {
+  return dtype === "float64" ? 8 : dtype === "bool" ? 1 : 4;
+}
+
+function storageFor(dtype: DType, buf: ArrayBuffer, size: number): AnyTypedArray {
+  switch (dtype) {
+    case "float32":
+      return new Float32Array(buf, 0, size);
+    case "float64":
+      return new Float64Array(buf, 0, size);
+    case "int32":
+      return new Int32Array(buf, 0, size);
+    case "uint32":
+      return new Uint32Array(buf, 0, size);
+    case "bool":
+      return new Uint8Array(buf, 0, size);
+    default:
+      throw new BackendError(`jit: a known dtype, got ${String(dtype satisfies never)}`);
+  }
+}
+
+/** Run-time options of one call. */
+export interface CpuRunOptions {
+  readonly donated?: readonly boolean[];
+  /** Called after each kernel with its index (profiling). */
+  readonly afterStep?: (i: number) => void;
+}
+
+export class CpuSegment implements TargetSegment {
+  readonly steps: Step[];
+  readonly sources: string[] = [];
+  readonly stats: SegmentStats;
+  /** Output node -> the graph input node whose donated storage it may take. */
+  readonly aliases = new Map<number, { readonly input: number; readonly node: number }>();
+
+  /** Per node: storage and element offset of its C-order contents in the current call. */
+  private readonly data: (AnyTypedArray | null)[];
+  private readonly base: Float64Array;
+  /** Per node: whether it is a graph output (fresh storage per call). */
+  private readonly isOutput: Uint8Array;
+  /** Per call: donated storage given to outputs. */
+  private readonly outStorage: (AnyTypedArray | null)[];
+  private readonly slotBuffers: (ArrayBuffer | null)[];
+  /** Per intermediate node: its typed view of its slot (made on first use). */
+  private readonly slotViews = new Map<number, AnyTypedArray>();
+  private readonly constants = new Map<number, AnyTypedArray>();
+  private readonly inputNodes: { readonly node: number; readonly index: number }[] = [];
+  /** Locals of the running kernel (reduction results, the dot product). */
+  private readonly locals: (AnyTypedArray | null)[] = [];
+  /** The backend running reductions, products and opaque ops. */
+  private readonly backend: CpuBackend = cpuBackend;
+
+  constructor(
+    readonly plan: FusionPlan,
+    readonly mem: MemoryPlan,
+    donated: readonly boolean[] = [],
+  ) {
+    const g = plan.graph;
+    const n = g.nodes.length;
+    this.data = new Array<AnyTypedArray | null>(n).fill(null);
+    this.base = new Float64Array(n);
+    this.isOutput = new Uint8Array(n);
+    for (const o of g.outputs) this.isOutput[o] = 1;
+    this.outStorage = new Array<AnyTypedArray | null>(n).fill(null);
+    this.slotBuffers = mem.slotBytes.map(() => null);
+    for (const nd of g.nodes) if (nd.op.kind === "input") this.inputNodes.push({ node: nd.id, index: nd.op.index });
+    const inPlace = this.planDonation(donated);
+    this.steps = plan.kernels.map((k, index) => this.buildStep(k, index, inPlace.get(index) ?? []));
+    const outputBytes = g.outputs.reduce((a, o) => a + shapeSize(g.node(o).shape) * bytesPerElement(g.node(o).dtype), 0);
+    this.stats = {
+      kernels: this.steps.length,
+      dispatches: this.steps.length,
+      peakBytes: mem.peakBytes,
+      intermediateBytes: mem.intermediateBytes,
+      outputBytes,
+    };
+  }
+
+  // ---- preparation ----
+
+  private program(p: Program, roots: readonly number[], localIndex: (name: string) => number, localLayout: Layout | null): ProgramStep {
+    this.sources.push(scalarProgramKey(p));
+    const views: Slot[] = [];
+    const bindings: Binding[] = [];
+    for (const leaf of p.leaves) {
+      switch (leaf.kind) {
+        case "buffer":
+          views.push({ data: null, strides: leaf.layout.strides, offset: 0 });
+          bindings.push({ kind: "node", node: leaf.node, offset: leaf.layout.offset });
+          break;
+        case "iota":
+          views.push({ data: null, strides: leaf.layout.strides, offset: leaf.layout.offset });
+          bindings.push({ kind: "fixed" });
+          break;
+        case "local": {
+          const l = localLayout ?? contiguousLayout(p.shape);
+          views.push({ data: null, strides: l.strides, offset: l.offset });
+          bindings.push({ kind: "local", local: localIndex(leaf.name) });
+          break;
+        }
+        default:
+          throw new BackendError(`jit: a known leaf kind, got ${String((leaf satisfies never as Leaf).kind)}`);
+      }
+    }
+    return { kernel: compileScalarProgram(p), shape: p.shape, views, bindings, roots, into: roots.map(() => null as unknown as AnyTypedArray) };
+  }
+
+  private buildStep(k: Kernel, index: number, inPlace: readonly (readonly [number, number])[]): Step {
+    const g = this.plan.graph;
+    switch (k.kind) {
+      case "map":
+        return { kind: "map", index, prog: this.program(k.program, k.roots, () => -1, null) };
+      case "reduce": {
+        const names = new Map<string, number>();
+        k.steps.forEach((s, i) => names.set(`red${s.node}`, i));
+        const localIndex = (name: string): number => {
+          const i = names.get(name);
+          if (i === undefined) throw new BackendError(`jit: an unknown kernel local ${name}`);
+          return i;
+        };
+        const rowL = rowLayout(k.shape, k.axes, k.kept);
+        const reds: ReduceRed[] = k.steps.map((s) => {
+          const leaf = s.program.leaves[0];
+          const direct = isPlainLoad(s.program) && leaf?.kind === "buffer" ? { node: leaf.node, layout: leaf.layout } : null;
+          return {
+            op: s.op,
+            dtype: s.dtype,
+            direct,
+            prog: direct ? null : this.program(s.program, [-1], localIndex, rowL),
+            scratch: null,
+            cache: null,
+          };
+        });
+        return {
+          kind: "reduce",
+          index,
+          shape: k.shape,
+          axes: k.axes,
+          kept: k.kept,
+          reds,
+          row: k.rowRoots.length > 0 ? this.program(k.row, k.rowRoots, localIndex, null) : null,
+          elem: k.elemRoots.length > 0 ? this.program(k.elem, k.elemRoots, localIndex, rowL) : null,
+        };
+      }
+      case "dot": {
+        const localIndex = (name: string): number => {
+          if (name !== "acc") throw new BackendError(`jit: an unknown kernel local ${name}`);
+          return LOCAL_ACC;
+        };
+        const ep = k.epilogue;
+        const identity = k.roots.length === 1 && isPlainLoad(ep) && ep.leaves[0]?.kind === "local";
+        // The epilogue may overwrite the product itself (same dtype), unless an output reuses a
+        // donated input (then that one is written in place of the input).
+        const donatedRoots = new Set(inPlace.map(([, o]) => o));
+        let inPlaceOut = -1;
+        if (!identity) {
+          inPlaceOut = k.roots.findIndex((r, j) => !donatedRoots.has(r) && !this.aliases.has(r) && ep.nodes[ep.outputs[j]!]!.dtype === k.dtype);
+        }
+        return {
+          kind: "dot",
+          index,
+          dims: k.dims,
+          shape: k.shape,
+          dtype: k.dtype,
+          lhs: k.lhs,
+          rhs: k.rhs,
+          lhsCache: null,
+          rhsCache: null,
+          epilogue: identity ? null : this.program(ep, k.roots, localIndex, null),
+          root: identity ? k.roots[0]! : -1,
+          inPlace: inPlaceOut,
+        };
+      }
+      case "opaque": {
+        const projs: [number, number][] = [];
+        for (const p of g.nodes) if (p.op.kind === "proj" && p.inputs[0] === k.node) projs.push([p.id, p.op.index]);
+        return { kind: "opaque", index, node: k.node, inputs: k.inputs, projs };
+      }
+      default:
+        return k satisfies never;
+    }
+  }
+
+  /**
+   * Pairs donated inputs with outputs of the same dtype and size (as the WebGPU target): an output
+   * written after the input's last read may take its storage; one written by the kernel making that
+   * last read only when the kernel reads the input element by element at the position it writes.
+   */
+  private planDonation(donated: readonly boolean[]): Map<number, [number, number][]> {
+    const g = this.plan.graph;
+    const inPlace = new Map<number, [number, number][]>();
+    if (!donated.some((d) => d)) return inPlace;
+    const producer = new Map<number, number>();
+    this.plan.kernels.forEach((k, i) => {
+      if (k.kind === "map" || k.kind === "dot") k.roots.forEach((r) => producer.set(r, i));
+      else if (k.kind === "reduce") [...k.rowRoots, ...k.elemRoots].forEach((r) => producer.set(r, i));
+    });
+    const taken = new Set<number>();
+    for (const { node, index } of this.inputNodes) {
+      if (!donated[index]) continue;
+      const n = g.node(node);
+      const size = shapeSize(n.shape);
+      const last = this.mem.lastUse.get(node) ?? -1;
+      for (const o of g.outputs) {
+        const on = g.node(o);
+        const ko = producer.get(o);
+        if (taken.has(o) || ko === undefined || on.dtype !== n.dtype || shapeSize(on.shape) !== size || size === 0) continue;
+        if (last > ko) continue;
+        if (last === ko && !inPlaceSafe(this.plan.kernels[ko]!, node, o)) continue;
+        if (last === ko) {
+          let list = inPlace.get(ko);
+          if (!list) inPlace.set(ko, (list = []));
+          list.push([node, o]);
+        }
+        taken.add(o);
+        this.aliases.set(o, { input: index, node });
+        break;
+      }
+    }
+    return inPlace;
+  }
+
+  // ---- storage ----
+
+  private slotView(node: number): AnyTypedArray {
+    let v = this.slotViews.get(node);
+    if (v === undefined) {
+      const s = this.mem.slotOf.get(node);
+      if (s === undefined) throw new BackendError(`jit: no buffer for node %${node}`);
+      let buf = this.slotBuffers[s];
+      if (!buf) this.slotBuffers[s] = buf = new ArrayBuffer(this.mem.slotBytes[s]!);
+      const n = this.plan.graph.node(node);
+      v = storageFor(n.dtype, buf, shapeSize(n.shape));
+      this.slotViews.set(node, v);
+    }
+    return v;
+  }
+
+  private constant(node: number): AnyTypedArray {
+    let c = this.constants.get(node);
+    if (c === undefined) {
+      const n = this.plan.graph.node(node);
+      if (n.op.kind !== "constant") throw new BackendError(`jit: no buffer for node %${node}`);
+      c = this.backend.constant(n.op.data, { shape: n.shape, dtype: n.dtype }).data;
+      this.constants.set(node, c);
+    }
+    return c;
+  }
+
+  /** Storage a kernel writes node `node` into: donated, fresh (outputs) or its slot. */
+  private dest(node: number): AnyTypedArray {
+    const d = this.outStorage[node];
+    if (d) return d;
+    const n = this.plan.graph.node(node);
+    if (this.isOutput[node]) return allocate(n.dtype, shapeSize(n.shape));
+    return this.slotView(node);
+  }
+
+  /** Storage of a node read by a kernel (set by its producer, or a constant). */
+  private source(node: number): AnyTypedArray {
+    const d = this.data[node];
+    if (d) return d;
+    return (this.data[node] = this.constant(node));
+  }
+
+  private bind(p: ProgramStep): void {
+    const { views, bindings } = p;
+    for (let i = 0; i < views.length; i++) {
+      const b = bindings[i]!;
+      const v = views[i]!;
+      if (b.kind === "node") {
+        v.data = this.source(b.node);
+        v.offset = this.base[b.node]! + b.offset;
+      } else if (b.kind === "local") {
+        v.data = this.locals[b.local]!;
+      }
+    }
+  }
+
+  private runProgram(p: ProgramStep, shape: Shape): void {
+    this.bind(p);
+    const into = p.into;
+    for (let j = 0; j < p.roots.length; j++) into[j] = this.dest(p.roots[j]!);
+    p.kernel(p.views as StridedView[], shape, into);
+    for (let j = 0; j < p.roots.length; j++) this.store(p.roots[j]!, into[j]!);
+  }
+
+  private store(node: number, data: AnyTypedArray): void {
+    this.data[node] = data;
+    this.base[node] = 0;
+  }
+
+  /** A CpuBuffer reading `node` through `layout` (cached while its storage and offset stay). */
+  private operand(node: number, layout: Layout, cache: CpuBuffer | null): CpuBuffer {
+    const data = this.source(node);
+    const off = this.base[node]! + layout.offset;
+    if (cache !== null && !cache.released && cache.data === data && cache.offset === off) return cache;
+    return new CpuBuffer(data, this.plan.graph.node(node).dtype, layout.shape, layout.strides, off, false);
+  }
+
+  // ---- running ----
+
+  run(inputs: readonly unknown[], opts: CpuRunOptions = {}): CpuBuffer[] {
+    return this.execute(inputs as readonly CpuBuffer[], opts);
+  }
+
+  async profile(inputs: readonly unknown[]): Promise<{ outputs: unknown[]; ms: number[] }> {
+    const ms: number[] = [];
+    let t0 = performance.now();
+    const outputs = this.execute(inputs as readonly CpuBuffer[], {
+      afterStep: () => {
+        const t = performance.now();
+        ms.push(t - t0);
+        t0 = t;
+      },
+    });
+    return { outputs, ms };
+  }
+
+  private execute(inputs: readonly CpuBuffer[], opts: CpuRunOptions): CpuBuffer[] {
+    const g = this.plan.graph;
+    const data = this.data;
+    data.fill(null);
+    this.outStorage.fill(null);
+    for (const { node, index } of this.inputNodes) {
+      const x = inputs[index];
+      if (!x) throw new BackendError(`jit: ${g.numInputs} segment inputs, got ${inputs.length}`);
+      if (x.contiguous) {
+        data[node] = x.data;
+        this.base[node] = x.offset;
+      } else {
+        data[node] = copyOut(x);
+        this.base[node] = 0;
+      }
+    }
+    // Donated inputs whose storage can really be taken over.
+    if (this.aliases.size > 0 && opts.donated) {
+      let claimed: Set<AnyTypedArray> | null = null;
+      for (const [o, { input, node }] of this.aliases) {
+        const x = inputs[input]!;
+        const d = x.data;
+        const n = g.node(o);
+        const ok =
+          opts.donated[input] === true &&
+          x.owned &&
+          x.contiguous &&
+          x.offset === 0 &&
+          d.length === shapeSize(n.shape) &&
+          data[node] === d &&
+          !isStorageShared(d) &&
+          !(claimed?.has(d) ?? false) &&
+          !inputs.some((y, i) => i !== input && !y.released && y.data === d);
+        if (!ok) continue;
+        (claimed ??= new Set()).add(d);
+        this.outStorage[o] = d;
+      }
+    }
+    const after = opts.afterStep;
+    for (const step of this.steps) {
+      switch (step.kind) {
+        case "map":
+          this.runProgram(step.prog, step.prog.shape);
+          break;
+        case "reduce":
+          this.runReduce(step);
+          break;
+        case "dot":
+          this.runDot(step);
+          break;
+        case "opaque":
+          this.runOpaque(step);
+          break;
+        default:
+          step satisfies never;
+      }
+      if (after) after(step.index);
+    }
+    const outs: CpuBuffer[] = [];
+    for (const o of g.outputs) {
+      const d = data[o];
+      if (!d) throw new BackendError(`jit: output %${o} was not computed`);
+      const n = g.node(o);
+      outs.push(new CpuBuffer(d, n.dtype, n.shape));
+    }
+    // Drop the references to this call's storage (inputs, outputs) so it can be collected.
+    data.fill(null);
+    this.outStorage.fill(null);
+    this.locals.fill(null);
+    return outs;
+  }
+
+  private runReduce(s: ReduceStep): void {
+    const locals = this.locals;
+    const kept = { shape: s.kept, dtype: "float32" as DType };
+    for (let i = 0; i < s.reds.length; i++) {
+      const r = s.reds[i]!;
+      let x: CpuBuffer;
+      if (r.direct) {
+        x = r.cache = this.operand(r.direct.node, r.direct.layout, r.cache);
+      } else {
+        const p = r.prog!;
+        this.bind(p);
+        const size = shapeSize(s.shape);
+        if (r.scratch === null || r.scratch.length < size) r.scratch = allocate(r.dtype, size);
+        p.into[0] = r.scratch;
+        p.kernel(p.views as StridedView[], s.shape, p.into);
+        if (r.cache === null || r.cache.data !== r.scratch) r.cache = new CpuBuffer(r.scratch, r.dtype, s.shape, contiguousStrides(s.shape), 0, false);
+        x = r.cache;
+      }
+      kept.dtype = r.dtype;
+      locals[i] = this.backend.reduce(r.op, x, s.axes, kept).data;
+    }
+    if (s.row) this.runProgram(s.row, s.kept);
+    if (s.elem) this.runProgram(s.elem, s.shape);
+  }
+
+  private runDot(s: DotStep): void {
+    const l = (s.lhsCache = this.operand(s.lhs.node, s.lhs.layout, s.lhsCache));
+    const r = (s.rhsCache = this.operand(s.rhs.node, s.rhs.layout, s.rhsCache));
+    const acc = this.backend.dotGeneral(l, r, s.dims, { shape: s.shape, dtype: s.dtype }).data;
+    if (s.epilogue === null) {
+      // The fresh product is the root's storage (a donated buffer would only cost a copy here).
+      this.store(s.root, acc);
+      return;
+    }
+    const p = s.epilogue;
+    this.locals[LOCAL_ACC] = acc;
+    this.bind(p);
+    const into = p.into;
+    for (let j = 0; j < p.roots.length; j++) into[j] = j === s.inPlace ? acc : this.dest(p.roots[j]!);
+    p.kernel(p.views as StridedView[], s.shape, into);
+    for (let j = 0; j < p.roots.length; j++) this.store(p.roots[j]!, into[j]!);
+    this.locals[LOCAL_ACC] = null;
+  }
+
+  private runOpaque(s: OpaqueStep): void {
+    const g = this.plan.graph;
+    const node = g.node(s.node);
+    if (node.op.kind !== "opaque") throw new BackendError("jit: not an opaque node");
+    const b = this.backend;
+    const ins = s.inputs.map(({ node: src, views }) => {
+      const n = g.node(src);
+      let h = new CpuBuffer(this.source(src), n.dtype, n.shape, contiguousStrides(n.shape), this.base[src]!, false);
+      for (const v of views) h = applyView(b, h, v);
+      return h;
+    });
+    const outs = node.op.run(b, ins) as CpuBuffer[];
+    for (const [p, k] of s.projs) {
+      const o = outs[k]!;
+      // Results must be storage of their own (an op may return a view of an operand).
+      if (this.isOutput[p] && !(o.owned && o.contiguous && o.offset === 0 && o.data.length === o.size)) {
+        this.store(p, copyOut(o));
+      } else if (o.contiguous) {
+        this.data[p] = o.data;
+        this.base[p] = o.offset;
+      } else this.store(p, copyOut(o));
+    }
+  }
+}
+
+/**
+ * Whether kernel `k` may write output `out` into the storage of `input`, which it also reads: every
+ * read must be of the element being written (identity layouts) and happen before the write.
+ */
+function inPlaceSafe(k: Kernel, input: number, out: number): boolean {
+  const readsOf = (p: Program) => p.leaves.filter((l): l is Leaf & { kind: "buffer" } => l.kind === "buffer" && l.node === input);
+  const identity = (p: Program, shape: Shape) => readsOf(p).every((l) => sameLayout(l.layout, contiguousLayout(shape)));
+  switch (k.kind) {
+    case "map":
+      return identity(k.program, k.shape);
+    case "dot":
+      // The product is complete before the epilogue runs: only the epilogue's reads matter.
+      return identity(k.epilogue, k.shape);
+    case "reduce":
+      // Order: reductions, row program, elementwise program.
+      if (k.rowRoots.includes(out)) return readsOf(k.elem).length === 0 && identity(k.row, k.kept);
+      return identity(k.elem, k.shape);
+    default:
+      return false;
+  }
+}
+
+function applyView(b: CpuBackend, h: CpuBuffer, v: ViewOp): CpuBuffer {
+  switch (v.v) {
+    case "reshape":
+      return b.reshape(h, v.shape);
+    case "transpose":
+      return b.transpose(h, v.perm);
+    case "broadcast":
+      return b.broadcastInDim(h, v.shape, v.dims);
+    case "slice":
+      return b.slice(h, v.starts, v.limits, v.strides);
+    case "reverse":
+      return b.reverse(h, v.axes);
+    case "shift":
+      throw new BackendError("jit: a shift view reached a backend-run op (webgrad bug)");
+    default:
+      return v satisfies never;
+  }
+}
+
+/** The jit compiler's CPU target (registered by `installCpuJitTarget`, ./index.ts). */
+export const cpuJitTarget: JitTarget = {
+  kind: "cpu",
+  bytesPerElement,
+  // No binding limit on the CPU; a bound keeps the fused kernels' Wasm chunk area small.
+  fusionOptions: (_device: Device) => ({ maxBuffers: 24 }),
+  prepare: (_device, plan, mem, donated) => new CpuSegment(plan, mem, donated),
+  call: (_device, fn) => fn(),
+};
