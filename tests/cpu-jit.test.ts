@@ -356,6 +356,52 @@ describe("fused kernels on known programs", () => {
     expect(Array.from(h.dataSync())).toEqual(Array.from(bd.slice(30), (v) => v * 2));
   });
 
+  it("fused pad and concatenate read shifted operands across the Wasm kernel's chunks", () => {
+    // 10,000 elements span several 4,096-element chunks; the pad's left edge makes the first chunk's
+    // reads start before the operand (those lanes are discarded), which must not disturb the rest.
+    const n = 10_000;
+    const x = np.multiply(np.arange(0, n, 1, { dtype: "float32" }), 1e-3);
+    const f = (a: Value) => np.concatenate([np.pad(np.sin(a), [[200, 300]]), np.tanh(a)]);
+    resetJitStats();
+    const got = (jit(f)(x) as WArray).dataSync();
+    expect(lastJitStats()).not.toBeNull();
+    const xd = x.dataSync();
+    expect(got.length).toBe(n + 500 + n);
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) {
+      const want = i < 200 ? 0 : i < 200 + n ? Math.sin(xd[i - 200]!) : i < n + 500 ? 0 : Math.tanh(xd[i - n - 500]!);
+      worst = Math.max(worst, Math.abs(got[i]! - want));
+    }
+    expect(worst).toBeLessThan(1e-6);
+  });
+
+  it("a compiled scan whose body passes arrays through (as carry and ys, and one y several times)", () => {
+    const xs = [[1, 2], [3, 4], [5, 6]];
+    const body = (h: Value, x: Value) => {
+      const n = np.tanh(np.add(h, x));
+      return [n, [n, n, h, x]] as [Value, Value[]];
+    };
+    const f = (h0: Value) => scan(body, h0, np.array(xs, { dtype: "float64" }));
+    resetJitStats();
+    const [h, [a, b, c, d]] = jit(f)(np.array([0.5, 0.1], { dtype: "float64" })) as unknown as [WArray, WArray[]];
+    expect(lastJitStats()).not.toBeNull();
+    // The recurrence on the host, in float64.
+    let hj = [0.5, 0.1];
+    const ns: number[][] = [];
+    const hs: number[][] = [];
+    for (const x of xs) {
+      hs.push(hj);
+      hj = hj.map((v, i) => Math.tanh(v + x[i]!));
+      ns.push(hj);
+    }
+    const close = (got: WArray, want: number[]) => Array.from(got.dataSync()).forEach((v, i) => expect(Math.abs(v - want[i]!)).toBeLessThan(1e-12));
+    close(h, hj);
+    close(a!, ns.flat());
+    close(b!, ns.flat());
+    close(c!, hs.flat());
+    close(d!, xs.flat());
+  });
+
   it("a scan inside jit runs its compiled body per step", () => {
     const f = (x: Value) => scan((c: Value, xi: Value) => [np.add(np.multiply(c, 0.5), xi), np.sum(c)] as [Value, Value], np.zeros([3]), x);
     const x = np.reshape(np.arange(0, 12, 1, { dtype: "float32" }), [4, 3]);

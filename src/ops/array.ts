@@ -249,6 +249,10 @@ export class Array {
   makePermanent(): void {
     this._permanent = true;
   }
+  /** Whether this is a shared permanent constant (never released, never donated). */
+  get permanent(): boolean {
+    return this._permanent;
+  }
   /** Releases the buffer now. Idempotent. Using the array afterwards throws. */
   dispose(): void {
     if (this._released || this._permanent) return;

@@ -10,6 +10,8 @@ import { add, convert, full } from "./lax/elementwise.js";
 import { broadcastInDim, reshape, sliceInDim, transpose } from "./lax/structural.js";
 import { ShapeError } from "../autodiff/errors.js";
 import { range } from "./lax/util.js";
+import { installJitCompiler } from "./compile/index.js";
+import { installCpuJitTarget } from "./backend/cpu/compile/index.js";
 
 /** JS values at transform boundaries: arrays and tracers as they are, numbers as weak float32 scalars. */
 export function asValue(x: unknown, what: string): Value {
@@ -55,3 +57,10 @@ registerHooks({
     return range(s[0]!).map((i) => reshape(sliceInDim(x, i, i + 1, 0), s.slice(1)));
   },
 });
+
+// jit compiles (fused kernels, static memory plan) on WebGPU and on the CPU. WEBGRAD_JIT=interpret keeps
+// jit's op-by-op interpreter instead (for debugging a suspected compiler bug).
+if (typeof process === "undefined" || process.env?.WEBGRAD_JIT !== "interpret") {
+  installCpuJitTarget();
+  installJitCompiler();
+}

@@ -108,7 +108,11 @@ export class CompiledProgram {
     const env = new Map<Var, Value>();
     const committed = args.some((a) => (a as Array).committed);
     const donatedArgs = new Set<unknown>();
-    params.donated.forEach((d, i) => d && donatedArgs.add(args[params.numConsts + i]));
+    // Shared permanent constants (cached scalars) are never donated: other arrays are the same object.
+    params.donated.forEach((d, i) => {
+      const a = args[params.numConsts + i] as Array;
+      if (d && !a.permanent) donatedArgs.add(a);
+    });
     this.jaxpr.invars.forEach((v, i) => env.set(v, args[i]!));
     const read = (a: Atom): Value => (a instanceof Literal ? a.val : (env.get(a) ?? this.literalInputs.get(a)!.val));
     // Intermediate arrays made here are disposed after their last reader.
@@ -220,6 +224,7 @@ function runScan(p: ScanParams, body: CompiledProgram, ins: readonly Value[]): V
   const bodyParams = { name: "scan_body", donated: [], jaxpr: body.jaxpr, numConsts: 0 } as JitParams;
   let carry: Value[] = [...init];
   const ys: Value[][] = new globalThis.Array(p.length);
+  const heldByYs = new Set<Value>();
   const fresh = (v: Value, inputs: readonly Value[]) => !inputs.includes(v) && !ins.includes(v);
   for (let i = 0; i < p.length; i++) {
     const t = p.reverse ? p.length - 1 - i : i;
@@ -227,7 +232,10 @@ function runScan(p: ScanParams, body: CompiledProgram, ins: readonly Value[]): V
     const stepIns = [...consts, ...carry, ...xt];
     const outs = body.run(stepIns as Concrete[], bodyParams) as Value[];
     const next = outs.slice(0, p.numCarry);
-    for (const c of carry) if (!init.includes(c) && !next.includes(c)) hooks().release(c);
+    // The old carry dies unless the body passed it through (as the next carry or as a y) or an
+    // earlier step's y is the same array (a body returning one value as both carry and y).
+    for (const c of carry) if (!init.includes(c) && !outs.includes(c) && !heldByYs.has(c)) hooks().release(c);
+    for (const y of outs.slice(p.numCarry)) heldByYs.add(y);
     for (const x of xt) if (!outs.includes(x)) hooks().release(x);
     carry = next;
     ys[t] = outs.slice(p.numCarry);
@@ -238,8 +246,9 @@ function runScan(p: ScanParams, body: CompiledProgram, ins: readonly Value[]): V
     const parts = ys.map((y) => reshape(y[k]!, [1, ...y[k]!.aval.shape]));
     stacked.push(concatenate(parts, 0));
     for (const part of parts) hooks().release(part);
-    for (const y of ys) if (fresh(y[k]!, carry)) hooks().release(y[k]!);
   }
+  // After all stacking: one array may be several ys of a step (a body returning [c, n, n]).
+  for (const y of heldByYs) if (fresh(y, carry)) hooks().release(y);
   // Results must be fresh arrays (the caller releases them): copy carries that are inputs.
   const outCarry = carry.map((c) => (ins.includes(c) ? reshape(c, c.aval.shape) : c));
   return [...outCarry, ...stacked];

@@ -835,7 +835,14 @@ function runSimd(
           // An index view: the offsets themselves (bool: offset != 0, as 0 / 1).
           const b = dtypes[k] === "bool";
           for (let i = 0; i < take; i++, a += s) h[dst + i] = b ? +(a !== 0) : a;
-        } else if (s === 1) h.set(src.subarray(a, a + take) as never, dst);
+        } else if (s === 1) {
+          // Fused pad / concatenate read their operands at shifted positions, partly outside the
+          // operand (those lanes are discarded by a select): copy only the part that exists.
+          // (`subarray` would count a negative start from the end.)
+          const lo = Math.max(a, 0);
+          const hi = Math.min(a + take, src.length);
+          if (hi > lo) h.set(src.subarray(lo, hi) as never, dst + (lo - a));
+        }
         else if (s === 0) h.fill(src[a]!, dst, dst + take);
         else for (let i = 0; i < take; i++, a += s) h[dst + i] = src[a]!;
       }
