@@ -14,14 +14,14 @@
  * per-kernel times (one submit per kernel, timed on the host: the adapter's timestamp queries are not
  * requested by initWebGpu). `lastJitStats()` returns the counters of the last compiled call.
  */
-import { bind, Concrete, hooks, Value } from "../../autodiff/core.js";
+import { bind, bind1, Concrete, hooks, Value } from "../../autodiff/core.js";
 import { interpretJaxpr, JitExecutor, JitParams, makeJaxpr, setJitExecutor } from "../../autodiff/jit.js";
 import { hoistConsts } from "../../autodiff/call.js";
 import { ArgumentError } from "../../autodiff/errors.js";
 import * as tree from "../../autodiff/tree.js";
 import { Atom, Jaxpr, JaxprEqn, Literal, printJaxpr, Var } from "../../autodiff/jaxpr.js";
 import type { ScanParams } from "../control-flow/scan.js";
-import { concatenate, reshape, sliceInDim } from "../lax/structural.js";
+import { concatenate, reshape, reshapeP, sliceInDim } from "../lax/structural.js";
 import { Array, Device, getDefaultDevice, wrapBuffer } from "../array.js";
 import { webGpuJitTarget } from "../backend/webgpu/compile/target.js";
 import { jitTargetFor, registerJitTarget, type JitTarget, type SegmentStats, type TargetSegment } from "./target.js";
@@ -131,7 +131,8 @@ export class CompiledProgram {
         const outs = runScan(s.eqn.params as ScanParams, s.body, s.eqn.inputs.map(read));
         s.eqn.outBinders.forEach((v, k) => {
           env.set(v, outs[k]!);
-          owned.add(outs[k]!);
+          // Never own (and so release) an argument of the call, whatever runScan returned.
+          if (!args.includes(outs[k] as Concrete)) owned.add(outs[k]!);
         });
       } else {
         const ins = s.inVars.map((v) => onDevice(read(v) as Array, dev));
@@ -244,13 +245,17 @@ function runScan(p: ScanParams, body: CompiledProgram, ins: readonly Value[]): V
   const stacked: Value[] = [];
   for (let k = 0; k < nY; k++) {
     const parts = ys.map((y) => reshape(y[k]!, [1, ...y[k]!.aval.shape]));
-    stacked.push(concatenate(parts, 0));
-    for (const part of parts) hooks().release(part);
+    const out = concatenate(parts, 0);
+    stacked.push(out);
+    // concatenate of one part (a scan of length 1) returns that part: it is the result, keep it.
+    for (const part of parts) if (part !== out) hooks().release(part);
   }
   // After all stacking: one array may be several ys of a step (a body returning [c, n, n]).
   for (const y of heldByYs) if (fresh(y, carry)) hooks().release(y);
-  // Results must be fresh arrays (the caller releases them): copy carries that are inputs.
-  const outCarry = carry.map((c) => (ins.includes(c) ? reshape(c, c.aval.shape) : c));
+  // Results must be fresh arrays (the caller releases them): a carry that is an input (passed through
+  // by the body) gets a new Array object of its own. Not `reshape(c, sameShape)`: that returns `c`
+  // itself, and the caller then released the argument as an intermediate (a disposed result).
+  const outCarry = carry.map((c) => (ins.includes(c) ? bind1(reshapeP, [c], { newSizes: [...c.aval.shape] }) : c));
   return [...outCarry, ...stacked];
 }
 

@@ -245,7 +245,7 @@ export function readScalar(what: string, v: Value): number | boolean {
     const dev = v instanceof Array ? ` on ${v.device.id}` : "";
     throw new BackendError(
       `${what}: eager control flow needs to read its predicate synchronously, got an array${dev} that can only be read asynchronously` +
-        `\nTip: wrap the computation in jit(...) so the loop runs on the device, or compute on the CPU device`,
+        `\nTip: give the loop a static trip count (lax.fori with JS-number bounds, or scan: these run on the device, under jit as one submit), run it on the CPU device, or drive it from JS with an awaited read of the predicate`,
     );
   }
   return lit;
