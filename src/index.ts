@@ -31,6 +31,8 @@ export { vmap } from "./autodiff/vmap.js";
 export type { VmapOptions } from "./autodiff/vmap.js";
 export { jit, makeJaxpr, evalShape } from "./autodiff/jit.js";
 export type { JitOptions } from "./autodiff/jit.js";
+export { installJitCompiler, uninstallJitCompiler, lastJitStats, profileJit } from "./ops/compile/index.js";
+export type { JitProgramStats, JitProfile } from "./ops/compile/index.js";
 export { customJvp, customVjp, checkpoint } from "./autodiff/custom.js";
 export { ClosedJaxpr, Jaxpr } from "./autodiff/jaxpr.js";
 export { stopGradient } from "./ops/lax/elementwise.js";
