@@ -402,6 +402,17 @@ describe("fused kernels on known programs", () => {
     close(d!, xs.flat());
   });
 
+  it("a cached jit call with captured constants reuses its compiled program (no recompile per call)", () => {
+    const table = np.array([1, 2, 3]);
+    const f = jit((x: Value) => np.multiply(np.add(x, table), np.array([2, 2, 2]))); // two consts
+    resetJitStats();
+    expect(Array.from((f(np.array([0, 0, 0])) as WArray).dataSync())).toEqual([2, 4, 6]);
+    const first = lastJitStats();
+    expect(first).not.toBeNull();
+    expect(Array.from((f(np.array([1, 1, 1])) as WArray).dataSync())).toEqual([4, 6, 8]);
+    expect(lastJitStats()).toBe(first); // the very same compiled program
+  });
+
   it("a scan inside jit runs its compiled body per step", () => {
     const f = (x: Value) => scan((c: Value, xi: Value) => [np.add(np.multiply(c, 0.5), xi), np.sum(c)] as [Value, Value], np.zeros([3]), x);
     const x = np.reshape(np.arange(0, 12, 1, { dtype: "float32" }), [4, 3]);

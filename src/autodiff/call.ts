@@ -18,11 +18,16 @@ export interface CallParams {
 /** Turns a ClosedJaxpr's consts into leading invars: the form call primitives store. */
 export function hoistConsts(cj: ClosedJaxpr): { jaxpr: Jaxpr; consts: readonly Value[] } {
   if (cj.consts.length === 0) return { jaxpr: cj.jaxpr, consts: [] };
-  return {
-    jaxpr: new Jaxpr([], [...cj.jaxpr.constvars, ...cj.jaxpr.invars], cj.jaxpr.eqns, cj.jaxpr.outs),
-    consts: cj.consts,
-  };
+  // One hoisted jaxpr per closed jaxpr: compilers cache by jaxpr identity, so a cached jit call must
+  // bind the same object every time.
+  let jaxpr = hoisted.get(cj);
+  if (!jaxpr) {
+    jaxpr = new Jaxpr([], [...cj.jaxpr.constvars, ...cj.jaxpr.invars], cj.jaxpr.eqns, cj.jaxpr.outs);
+    hoisted.set(cj, jaxpr);
+  }
+  return { jaxpr, consts: cj.consts };
 }
+const hoisted = new WeakMap<ClosedJaxpr, Jaxpr>();
 
 /** Binds a call primitive on a closed jaxpr: consts become the first `numConsts` arguments. */
 export function bindCall<P extends CallParams>(
