@@ -49,7 +49,7 @@ import * as reward from "./reward.js";
 import type { RewardModelConfig, RewardModelParams } from "./reward.js";
 import { sequenceLogProbs } from "./common.js";
 import { defaultConfig, PartialConfig, quickConfig, resolveConfig, RlhfConfig, RlhfConfigError, loadConfigFile, stableJson } from "./config.js";
-import { decode, PAD, padRows, ToyTask } from "./task.js";
+import { decode, PAD, padRows, rng, ToyTask } from "./task.js";
 import type { PreferencePair } from "./task.js";
 import { renderReport, terminalSamples, terminalTable } from "./report.js";
 import type { PpoHistory, RewardHistory, RlhfReportData, RlhfSummary, SampleRow, SftHistory } from "./report.js";
@@ -358,14 +358,7 @@ function rngFor(seed: number, purpose: number, step: number): () => number {
   h = Math.imul(h ^ (h >>> 16), 0x7feb352d);
   h = Math.imul(h ^ (h >>> 15), 0x846ca68b);
   h ^= h >>> 16;
-  let a = h >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return rng(h >>> 0);
 }
 
 // ---------------------------------------------------------------------------------------------------

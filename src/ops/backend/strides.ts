@@ -105,3 +105,21 @@ export function padShape(shape: Shape, lo: readonly number[], hi: readonly numbe
   }
   return outShape;
 }
+
+/**
+ * The single stride that walks a group of dims in C order, or null when the group is not expressible
+ * as one stride (size-1 dims are ignored; a group of size <= 1 has stride 0).
+ */
+export function mergedStride(shape: Shape, strides: readonly number[]): number | null {
+  let stride: number | null = null;
+  let span = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const n = shape[d]!;
+    if (n === 1) continue;
+    if (n === 0) return 0;
+    if (stride === null) stride = strides[d]!;
+    else if (strides[d] !== stride * span) return null;
+    span *= n;
+  }
+  return stride ?? 0;
+}

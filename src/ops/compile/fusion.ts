@@ -24,7 +24,7 @@
  */
 import { shapeEq, shapeSize, type DType, type Shape } from "../../autodiff/aval.js";
 import type { DotDims, ReduceOp } from "../backend/kernel.js";
-import { contiguousStrides } from "../backend/strides.js";
+import { contiguousStrides, mergedStride } from "../backend/strides.js";
 import { applyView, contiguousLayout, GNode, Graph, isElementwise, Layout, layoutKey, sameLayout, ViewOp } from "./graph.js";
 import type { ScalarNode, ScalarProgram } from "./scalar-program.js";
 
@@ -242,20 +242,6 @@ function operandLayout(g: Graph, id: number): { src: number; layout: Layout | nu
   return { src, layout: l };
 }
 
-/** The single stride of a group of dims in C order, or null (size-1 dims ignored). */
-export function mergedStride(shape: Shape, strides: readonly number[]): number | null {
-  let stride: number | null = null;
-  let span = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    const n = shape[d]!;
-    if (n === 1) continue;
-    if (n === 0) return 0;
-    if (stride === null) stride = strides[d]!;
-    else if (strides[d] !== stride * span) return null;
-    span *= n;
-  }
-  return stride ?? 0;
-}
 
 /** Batch, row and column groups of a dot operand: lhs [batch, free, contracting], rhs [batch, contracting, free]. */
 export function dotGroups(shape: Shape, dims: DotDims, side: 0 | 1): [number[], number[], number[]] {

@@ -9,7 +9,7 @@
  * Read kernel.ts first, then this file, then fusion.ts.
  */
 import { shapeSize, type DType, type Shape } from "../../autodiff/aval.js";
-import { ShapeError } from "../../autodiff/errors.js";
+import { BackendError, ShapeError } from "../../autodiff/errors.js";
 import type {
   AnyTypedArray,
   ArgReduceOp,
@@ -58,6 +58,29 @@ export interface Layout {
 
 export function contiguousLayout(shape: Shape): Layout {
   return { shape, strides: contiguousStrides(shape), offset: 0 };
+}
+
+/**
+ * Applies a view op to a device buffer through a backend's own view ops (targets use it for the
+ * operands of ops they run on the backend rather than generate).
+ */
+export function applyViewOp<H>(b: KernelBuilder<H>, h: H, v: ViewOp): H {
+  switch (v.v) {
+    case "reshape":
+      return b.reshape(h, v.shape);
+    case "transpose":
+      return b.transpose(h, v.perm);
+    case "broadcast":
+      return b.broadcastInDim(h, v.shape, v.dims);
+    case "slice":
+      return b.slice(h, v.starts, v.limits, v.strides);
+    case "reverse":
+      return b.reverse(h, v.axes);
+    case "shift":
+      throw new BackendError("jit: a shift view reached a backend-run op (webgrad bug)");
+    default:
+      return v satisfies never;
+  }
 }
 
 /** Applies one view to a layout; null when a reshape cannot be expressed with strides. */

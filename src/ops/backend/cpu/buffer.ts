@@ -11,6 +11,7 @@
 import { shapeSize, shapeStr, type DType, type Shape } from "../../../autodiff/aval.js";
 import { BackendError, DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import type { AnyTypedArray, OutType } from "../kernel.js";
+export { mergedStride } from "../strides.js";
 
 /** A fresh zero-filled typed array for `dtype` (bool is one byte per element). */
 export function allocate(dtype: DType, size: number): AnyTypedArray {
@@ -214,23 +215,6 @@ export function offsetsOf(shape: Shape, strides: readonly number[], base = 0): I
   return table;
 }
 
-/**
- * The single stride that walks a group of dims in C order, or null when the group is not expressible
- * as one stride (size-1 dims are ignored; a group of size <= 1 has stride 0).
- */
-export function mergedStride(shape: Shape, strides: readonly number[]): number | null {
-  let stride: number | null = null;
-  let span = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    const n = shape[d]!;
-    if (n === 1) continue;
-    if (n === 0) return 0;
-    if (stride === null) stride = strides[d]!;
-    else if (strides[d] !== stride * span) return null;
-    span *= n;
-  }
-  return stride ?? 0;
-}
 
 /**
  * Copies the elements of `src` (any view) into `dst` at `dstOffset` with `dstStrides` (indexed by the

@@ -25,7 +25,7 @@ import { shapeSize, type DType, type Shape } from "../../../../autodiff/aval.js"
 import { BackendError } from "../../../../autodiff/errors.js";
 import type { Device } from "../../../array.js";
 import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.js";
-import { contiguousLayout, sameLayout, type Layout, type ViewOp } from "../../../compile/graph.js";
+import { applyViewOp, contiguousLayout, sameLayout, type Layout, type ViewOp } from "../../../compile/graph.js";
 import type { MemoryPlan } from "../../../compile/memory-plan.js";
 import { scalarProgramKey } from "../../../compile/scalar-program.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
@@ -580,7 +580,7 @@ export class CpuSegment implements TargetSegment {
     const ins = s.inputs.map(({ node: src, views }) => {
       const n = g.node(src);
       let h = new CpuBuffer(this.source(src), n.dtype, n.shape, contiguousStrides(n.shape), this.base[src]!, false);
-      for (const v of views) h = applyView(b, h, v);
+      for (const v of views) h = applyViewOp(b, h, v);
       return h;
     });
     const outs = node.op.run(b, ins) as CpuBuffer[];
@@ -619,24 +619,6 @@ function inPlaceSafe(k: Kernel, input: number, out: number): boolean {
   }
 }
 
-function applyView(b: CpuBackend, h: CpuBuffer, v: ViewOp): CpuBuffer {
-  switch (v.v) {
-    case "reshape":
-      return b.reshape(h, v.shape);
-    case "transpose":
-      return b.transpose(h, v.perm);
-    case "broadcast":
-      return b.broadcastInDim(h, v.shape, v.dims);
-    case "slice":
-      return b.slice(h, v.starts, v.limits, v.strides);
-    case "reverse":
-      return b.reverse(h, v.axes);
-    case "shift":
-      throw new BackendError("jit: a shift view reached a backend-run op (webgrad bug)");
-    default:
-      return v satisfies never;
-  }
-}
 
 /** The jit compiler's CPU target (registered by `installCpuJitTarget`, ./index.ts). */
 export const cpuJitTarget: JitTarget = {

@@ -12,7 +12,7 @@ import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.
 import { kernelWrites } from "../../../compile/memory-plan.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { Device } from "../../../array.js";
-import { contiguousLayout, sameLayout, type Graph, type ViewOp } from "../../../compile/graph.js";
+import { applyViewOp, contiguousLayout, sameLayout, type Graph, type ViewOp } from "../../../compile/graph.js";
 import type { MemoryPlan } from "../../../compile/memory-plan.js";
 import type { WebGpuBackend } from "../backend.js";
 import { GpuHandle, GpuStorage } from "../handle.js";
@@ -321,7 +321,7 @@ export class WebGpuSegment implements TargetSegment {
             const ins = step.inputs.map(({ node: src, views: vs }) => {
               let h = handleOf(src);
               for (const v of vs) {
-                h = applyViewHandle(this.backend, h, v);
+                h = applyViewOp(this.backend, h, v);
                 views.push(h);
               }
               return h;
@@ -382,24 +382,6 @@ function inPlaceSafe(k: Kernel, input: number, out: number): boolean {
   }
 }
 
-function applyViewHandle(b: WebGpuBackend, h: GpuHandle, v: ViewOp): GpuHandle {
-  switch (v.v) {
-    case "reshape":
-      return b.reshape(h, v.shape);
-    case "transpose":
-      return b.transpose(h, v.perm);
-    case "broadcast":
-      return b.broadcastInDim(h, v.shape, v.dims);
-    case "slice":
-      return b.slice(h, v.starts, v.limits, v.strides);
-    case "reverse":
-      return b.reverse(h, v.axes);
-    case "shift":
-      throw new BackendError("jit: a shift view reached a backend-run op (webgrad bug)");
-    default:
-      return v satisfies never;
-  }
-}
 
 /** The jit compiler's WebGPU target (registered by src/ops/compile/index.ts). */
 export const webGpuJitTarget: JitTarget = {
