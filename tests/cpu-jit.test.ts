@@ -19,6 +19,7 @@ import { installJitCompiler, lastJitStats, resetJitStats, uninstallJitCompiler }
 import { dispose, grad, jit, nn, np, Array as WArray, type DType, type Value } from "../src/index.js";
 import { assertClose, HostArray, seedArb, Tol } from "./property/harness.js";
 import { makeData, OP_ROWS, OpRow, Sig } from "./property/spec.js";
+import { progArb as randomProgArb, programData, programLoss, runProgram, type Prog, type ProgramOptions } from "./property/random-programs.js";
 
 const RUNS = Number(process.env.CPU_JIT_FC_RUNS ?? "6") || 6;
 const seedOpt = process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {};
@@ -103,134 +104,15 @@ describe("jit on the CPU target == eager CPU, every spec row", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------
-// Random programs (as tests/webgpu/jit-random.test.ts, on the CPU target)
+// Random programs (tests/property/random-programs.ts; as tests/webgpu/jit-random.test.ts, on the CPU target)
 
-type Step = readonly [op: number, a: number, b: number, c: number];
-const OPS = 15;
-const stepArb: fc.Arbitrary<Step> = fc.tuple(fc.integer({ min: 0, max: OPS - 1 }), fc.nat(1000), fc.nat(1000), fc.nat(1000));
-interface Prog {
-  readonly shapes: number[][];
-  readonly steps: readonly Step[];
-  readonly dtype: "float32" | "float64";
-}
-const progArb: fc.Arbitrary<Prog> = fc
-  .record({
-    rows: fc.integer({ min: 1, max: 9 }),
-    cols: fc.integer({ min: 1, max: 12 }),
-    extra: fc.integer({ min: 1, max: 6 }),
-    steps: fc.array(stepArb, { minLength: 1, maxLength: 10 }),
-    f64: fc.boolean(),
-  })
-  .map(({ rows, cols, extra, steps, f64 }) => ({
-    shapes: [[rows, cols], [cols, extra], [cols], [rows, cols]],
-    steps,
-    dtype: f64 ? ("float64" as const) : ("float32" as const),
-  }));
-
-const pick = <T>(xs: readonly T[], k: number): T => xs[k % xs.length]!;
-
-function runProg(prog: Prog, inputs: readonly Value[]): Value[] {
-  const pool: Value[] = [...inputs];
-  const sameShape = (x: Value) => pool.filter((v) => v.shape.join() === x.shape.join());
-  for (const [op, a, b, c] of prog.steps) {
-    const x = pick(pool, a);
-    let y: Value;
-    switch (op) {
-      case 0:
-        y = np.tanh(x);
-        break;
-      case 1:
-        y = np.sin(np.multiply(x, 1.5));
-        break;
-      case 2:
-        y = np.exp(np.minimum(x, 3));
-        break;
-      case 3:
-        y = np.add(x, pick(sameShape(x), b));
-        break;
-      case 4:
-        y = np.multiply(x, pick(sameShape(x), b));
-        break;
-      case 5:
-        if (x.ndim === 2) {
-          const row = pool.find((v) => v.ndim === 1 && v.shape[0] === x.shape[1]);
-          y = row ? np.subtract(x, row) : np.subtract(x, 0.25);
-        } else y = np.subtract(x, 0.25);
-        break;
-      case 6: {
-        if (x.ndim === 0) {
-          y = np.negative(x);
-          break;
-        }
-        const axis = b % x.ndim;
-        y = c % 2 === 0 ? np.sum(x, { axis }) : np.max(x, { axis });
-        break;
-      }
-      case 7: {
-        if (x.ndim === 0) {
-          y = np.abs(x);
-          break;
-        }
-        const axis = b % x.ndim;
-        const m = np.max(x, { axis, keepdims: true });
-        const e = np.exp(np.subtract(x, m));
-        y = c % 2 === 0 ? np.divide(e, np.sum(e, { axis, keepdims: true })) : np.subtract(x, np.mean(x, { axis, keepdims: true }));
-        break;
-      }
-      case 8: {
-        const w = pool.find((v) => v.ndim === 2 && x.ndim >= 1 && v.shape[0] === x.shape[x.ndim - 1]);
-        y = w && x.ndim <= 2 ? np.matmul(x, w) : np.cos(x);
-        break;
-      }
-      case 9:
-        y = x.ndim === 2 ? np.transpose(x) : np.abs(x);
-        break;
-      case 10:
-        y = x.ndim >= 1 ? np.reshape(x, [-1]) : np.reshape(x, [1, 1]);
-        break;
-      case 11: {
-        if (x.ndim === 0 || x.shape[0]! < 2) {
-          y = np.square(x);
-          break;
-        }
-        const n = x.shape[0]!;
-        const lo = b % (n - 1);
-        y = np.take(x, np.array(Array.from({ length: n - lo }, (_, i) => i + lo), { dtype: "int32" }), 0);
-        break;
-      }
-      case 12:
-        y = np.where(np.greater(x, 0), x, np.multiply(x, 0.1));
-        break;
-      case 13:
-        y = nn.gelu(pick(sameShape(x), b));
-        break;
-      case 14: // pad / concatenate (fused with shifted reads)
-        y = x.ndim >= 1 ? np.concatenate([x, np.flip(x, 0)], 0) : np.exp(x);
-        break;
-      default:
-        y = x;
-    }
-    pool.push(y);
-  }
-  return pool.slice(-2);
-}
-
-function lossOf(prog: Prog) {
-  return (...xs: Value[]): Value =>
-    runProg(prog, xs).reduce((acc: Value, y, k) => np.add(acc, np.sum(np.multiply(np.sin(y), k + 1))), np.zeros([], { dtype: prog.dtype }));
-}
+const PROGRAMS: ProgramOptions = { concat: "flip", pad: false, dtypes: ["float32", "float64"] };
+const progArb = randomProgArb(PROGRAMS);
 
 function checkProg(prog: Prog, seed: number, mode: "value" | "grad"): void {
-  let s = seed >>> 0 || 1;
-  const rnd = () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return ((s >>> 0) / 2 ** 32) * 3 - 1.5;
-  };
-  const ins = prog.shapes.map((sh) => np.array(Array.from({ length: sh.reduce((a, b) => a * b, 1) }, rnd), { shape: sh, dtype: prog.dtype }));
-  const g = (...xs: Value[]) => grad(lossOf(prog), { argnums: [0, 1, 2, 3] })(...xs) as Value[];
-  const f = (...xs: Value[]) => runProg(prog, xs);
+  const ins = programData(prog, seed).map((d, i) => np.array(d, { shape: prog.shapes[i], dtype: prog.dtype }));
+  const g = (...xs: Value[]) => grad(programLoss(prog), { argnums: [0, 1, 2, 3] })(...xs) as Value[];
+  const f = (...xs: Value[]) => runProgram(prog, xs);
   const want = mode === "value" ? f(...ins) : g(...ins);
   resetJitStats();
   const got = (mode === "value" ? jit(f) : jit(g))(...ins) as Value[];

@@ -18,6 +18,7 @@ import { dispose, jit, lax, np, Array as WArray, type Value } from "../src/index
 import { scan } from "../src/ops/control-flow/scan.js";
 import { installCpuJitTarget } from "../src/ops/backend/cpu/compile/index.js";
 import { installJitCompiler, lastJitStats, resetJitStats, uninstallJitCompiler } from "../src/ops/compile/index.js";
+import { viewChainArb, viewProgram, xorshiftData as data } from "./property/view-chains.js";
 
 const RUNS = Number(process.env.JIT_STRESS_RUNS ?? "20") || 20;
 const seedOpt = process.env.FC_SEED ? { seed: Number(process.env.FC_SEED) } : {};
@@ -27,18 +28,6 @@ beforeAll(() => {
   installJitCompiler();
 });
 afterAll(() => installJitCompiler());
-
-/** xorshift data in [-2, 2) (ints: [-50, 50)), reproducible from a seed. */
-function data(n: number, seed: number, int = false): number[] {
-  let s = seed >>> 0 || 1;
-  return Array.from({ length: n }, () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    const u = (s >>> 0) / 2 ** 32;
-    return int ? Math.floor(u * 100) - 50 : u * 4 - 2;
-  });
-}
 
 /** Results of `f` compiled (asserted) and interpreted on the same arguments. */
 function both(f: (...xs: Value[]) => Value | Value[], args: readonly Value[]): { got: WArray[]; want: WArray[] } {
@@ -72,74 +61,16 @@ function expectClose(got: WArray, want: WArray, what: string): void {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Random view chains over shapes that cross the 4,096-element chunk
+// Random view chains (tests/property/view-chains.ts) over shapes that cross the 4,096-element chunk
 
-/** One view op, its choices resolved against the current shape at run time. */
-type ViewStep = readonly [op: number, a: number, b: number];
-
-function applyViewStep(x: Value, [op, a, b]: ViewStep): Value {
-  const [r, c] = x.shape as [number, number];
-  switch (op) {
-    case 0: // transpose (a non-contiguous layout)
-      return np.transpose(x);
-    case 1: // negative-stride reverse of one or both axes
-      return np.flip(x, a % 3 === 2 ? [0, 1] : [a % 2]);
-    case 2: {
-      // strided slice with an offset
-      const axis = a % 2;
-      const n = axis === 0 ? r : c;
-      const start = b % Math.max(1, Math.min(3, n));
-      const stride = 1 + (a % 3);
-      if (n - start < 1) return x;
-      return axis === 0 ? lax.slice(x, [start, 0], [r, c], [stride, 1]) : lax.slice(x, [0, start], [r, c], [1, stride]);
-    }
-    case 3: {
-      // pad with cropping (negative) widths and interior padding
-      const lo = [(a % 6) - 2, (b % 6) - 2];
-      const hi = [((a >> 3) % 6) - 2, ((b >> 3) % 6) - 2];
-      const interior = [(a >> 6) % 2, (b >> 6) % 2];
-      const out = [r, c].map((n, d) => lo[d]! + hi[d]! + n + Math.max(0, n - 1) * interior[d]!);
-      if (out.some((n) => n < 1)) return x;
-      return lax.pad(x, 0.5, lo, hi, interior);
-    }
-    case 4: // concatenate along the inner or outer axis with a transformed copy
-      return np.concatenate([x, np.multiply(np.flip(x, a % 2), 2)], b % 2);
-    case 5: // a size-1 broadcast: add a row (or column) read with stride 0
-      return a % 2 === 0 ? np.add(x, np.sum(x, { axis: 0, keepdims: true })) : np.multiply(x, np.max(x, { axis: 1, keepdims: true }));
-    default:
-      return x;
-  }
-}
-
-const chainArb = fc.record({
-  rows: fc.integer({ min: 1, max: 90 }),
-  cols: fc.integer({ min: 1, max: 140 }),
-  steps: fc.array(fc.tuple(fc.integer({ min: 0, max: 5 }), fc.nat(1000), fc.nat(1000)), { minLength: 1, maxLength: 4 }),
-  tail: fc.integer({ min: 0, max: 3 }),
-  seed: fc.nat(1 << 30),
-});
+const chainArb = viewChainArb({ maxRows: 90, maxCols: 140, maxSteps: 4 });
 
 describe("view chains over large shapes: compiled == interpreted", () => {
   it("views, then an elementwise op, a reduction with prologue and epilogue, or a softmax", () => {
     fc.assert(
       fc.property(chainArb, ({ rows, cols, steps, tail, seed }) => {
         const x = np.array(data(rows * cols, seed), { shape: [rows, cols] });
-        const f = (x0: Value): Value[] => {
-          let v = x0;
-          for (const s of steps) v = applyViewStep(v, s);
-          switch (tail) {
-            case 0:
-              return [np.tanh(v), v];
-            case 1:
-              return [np.sum(np.square(v), { axis: 1 }), np.max(v, { axis: 0 })];
-            case 2: {
-              const e = np.exp(np.subtract(v, np.max(v, { axis: -1, keepdims: true })));
-              return [np.divide(e, np.sum(e, { axis: -1, keepdims: true }))];
-            }
-            default:
-              return [np.subtract(v, np.mean(v)), np.argmax(v, { axis: 0 })];
-          }
-        };
+        const f = viewProgram(steps, tail);
         const { got, want } = both(f, [x]);
         try {
           want.forEach((w, k) => expectClose(got[k]!, w, `output ${k}`));

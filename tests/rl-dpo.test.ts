@@ -17,21 +17,7 @@ import * as palm from "../src/nn/palm.js";
 import * as dpo from "../src/rl/dpo.js";
 import type { DpoConfig, DpoParams } from "../src/rl/dpo.js";
 import { preferenceBatch } from "../src/rl/reward.js";
-
-const data = (v: unknown): number[] => globalThis.Array.from((v as WArray).dataSync(), Number);
-const num = (v: unknown): number => data(v)[0]!;
-const f64 = (x: number[]): Value => np.array(x, { dtype: "float64" });
-const i32 = (x: number[] | number[][]): Value => np.array(x, { dtype: "int32" });
-
-function expectClose(actual: number[], expected: number[], tol: number): void {
-  expect(actual.length).toBe(expected.length);
-  for (let i = 0; i < actual.length; i++) {
-    const err = Math.abs(actual[i]! - expected[i]!) / Math.max(1, Math.abs(expected[i]!));
-    if (!(err <= tol)) throw new Error(`entry ${i}: got ${actual[i]}, expected ${expected[i]} (err ${err} > ${tol})`);
-  }
-}
-const negLogSigmoid = (d: number): number => (d >= 0 ? Math.log1p(Math.exp(-d)) : -d + Math.log1p(Math.exp(d)));
-const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+import { data, expectClose, f64, i32, mean, negLogSigmoid, num } from "./rl-helpers.js";
 
 // Log-probs: policy chosen / rejected, reference chosen / rejected (two pairs).
 const pc = [-3, -5];

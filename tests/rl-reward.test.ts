@@ -15,23 +15,7 @@ import * as random from "../src/ops/random.js";
 import * as palm from "../src/nn/palm.js";
 import * as rm from "../src/rl/reward.js";
 import type { PreferencePair, RewardModelConfig, RewardModelParams } from "../src/rl/reward.js";
-
-const data = (v: unknown): number[] => globalThis.Array.from((v as WArray).dataSync(), Number);
-const num = (v: unknown): number => data(v)[0]!;
-const f64 = (x: number[] | number[][]): Value => np.array(x, { dtype: "float64" });
-const i32 = (x: number[] | number[][]): Value => np.array(x, { dtype: "int32" });
-
-function expectClose(actual: number[], expected: number[], tol: number): void {
-  expect(actual.length).toBe(expected.length);
-  for (let i = 0; i < actual.length; i++) {
-    const err = Math.abs(actual[i]! - expected[i]!) / Math.max(1, Math.abs(expected[i]!));
-    if (!(err <= tol)) throw new Error(`entry ${i}: got ${actual[i]}, expected ${expected[i]} (err ${err} > ${tol})`);
-  }
-}
-
-/** -log σ(d) = log(1 + e^-d), by hand in doubles (stable for both signs). */
-const negLogSigmoid = (d: number): number => (d >= 0 ? Math.log1p(Math.exp(-d)) : -d + Math.log1p(Math.exp(d)));
-const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+import { data, expectClose, f64, i32, mean, negLogSigmoid, num } from "./rl-helpers.js";
 
 const palmCfg = { numTokens: 12, dim: 16, depth: 2, heads: 2, dimHead: 8, dtype: "float64" } as const;
 const cfg: RewardModelConfig = { palm: palmCfg };
