@@ -15,6 +15,7 @@ import { dotGroups, matStrides } from "../../../compile/fusion.js";
 import type { ScalarNode } from "../../../compile/scalar-program.js";
 import { collapse, wgslType } from "../handle.js";
 import { binaryExpr, castExpr, helperCode, unaryExpr } from "../wgsl.js";
+import { gemmTileBody } from "../kernels/matmul.js";
 
 /** A generated kernel: source, the buffers it binds (after P at binding 0) and its grid. */
 export interface GeneratedKernel {
@@ -570,7 +571,6 @@ export function dotKernel(
     ...e.lines,
     ...writes.map((_, w) => `out${w}[lin] = ${e.outs[w]};`),
   ];
-  const zero = t === "f32" ? "0.0" : `${t}(0)`;
   const prologue = `@compute @workgroup_size(${WGX}, ${WGY})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let M = ${M}u; let N = ${N}u; let K = ${K}u;
@@ -582,45 +582,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let bB = ${k.rhs.layout.offset}u + bz * ${b[0]}u; let bR = ${b[1]}u; let bC = ${b[2]}u;
   let r0 = aB + min(i0, M - 1u) * aR; let r1 = aB + min(i0 + 1u, M - 1u) * aR;
   let r2 = aB + min(i0 + 2u, M - 1u) * aR; let r3 = aB + min(i0 + 3u, M - 1u) * aR;`;
-  let body: string;
-  if (variant === "nn") {
-    body = `
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-  let K4 = K & ~3u;
-  var bk = (bB + j0) >> 2u;
-  let bR4 = bR >> 2u;
-  for (var k = 0u; k < K4; k += 4u) {
-    let a0 = A[(r0 + k) >> 2u]; let a1 = A[(r1 + k) >> 2u]; let a2 = A[(r2 + k) >> 2u]; let a3 = A[(r3 + k) >> 2u];
-    for (var q = 0u; q < 4u; q++) {
-      let b = B[bk]; let e = B[bk + 1u];
-      c0 += a0[q] * b; c1 += a1[q] * b; c2 += a2[q] * b; c3 += a3[q] * b;
-      d0 += a0[q] * e; d1 += a1[q] * e; d2 += a2[q] * e; d3 += a3[q] * e;
-      bk += bR4;
-    }
-  }
-  for (var k = K4; k < K; k++) {
-    let q = (r0 + k) & 3u;
-    let b = B[bk]; let e = B[bk + 1u];
-    let x0 = A[(r0 + k) >> 2u][q]; let x1 = A[(r1 + k) >> 2u][q]; let x2 = A[(r2 + k) >> 2u][q]; let x3 = A[(r3 + k) >> 2u][q];
-    c0 += x0 * b; c1 += x1 * b; c2 += x2 * b; c3 += x3 * b;
-    d0 += x0 * e; d1 += x1 * e; d2 += x2 * e; d3 += x3 * e;
-    bk += bR4;
-  }
-  let cs = array<vec4<f32>, 8>(c0, c1, c2, c3, d0, d1, d2, d3);`;
-  } else {
-    body = `
-  let jj0 = bB + min(j0, N - 1u) * bC; let jj1 = bB + min(j0 + 1u, N - 1u) * bC;
-  let jj2 = bB + min(j0 + 2u, N - 1u) * bC; let jj3 = bB + min(j0 + 3u, N - 1u) * bC;
-  var c0 = vec4<${t}>(${zero}); var c1 = vec4<${t}>(${zero}); var c2 = vec4<${t}>(${zero}); var c3 = vec4<${t}>(${zero});
-  for (var k = 0u; k < K; k++) {
-    let kb = k * bR;
-    let b = vec4<${t}>(B[jj0 + kb], B[jj1 + kb], B[jj2 + kb], B[jj3 + kb]);
-    let ka = k * aC;
-    c0 += A[r0 + ka] * b; c1 += A[r1 + ka] * b; c2 += A[r2 + ka] * b; c3 += A[r3 + ka] * b;
-  }
-  let cs = array<vec4<${t}>, 4>(c0, c1, c2, c3);`;
-  }
+  const body = gemmTileBody(variant, t);
   const groups = variant === "nn" ? 2 : 1;
   const store = `
   let cb = bz * M * N;

@@ -13,7 +13,7 @@
  * Float products accumulate in f32 (the CPU accumulates in f64): error ~ K·eps·Σ|a||b|.
  */
 import { shapeSize, type DType } from "../../../../autodiff/aval.js";
-import { mergedStride } from "../../cpu/buffer.js";
+import { mergedStride } from "../../strides.js";
 import { GpuHandle, wgslType } from "../handle.js";
 import type { Runtime } from "../runtime.js";
 import { bindings, newHandle, Params, releaseTemp } from "./common.js";
@@ -157,29 +157,14 @@ function gemm(
   }
 }
 
-/** Params: M N K batch0 row0 | aOff aB aR aC | bOff bB bR bC (strides in elements). */
-function gemmSource(variant: "nn" | "gen", t: string): string {
-  const vec = variant !== "gen";
-  const head = [
-    bindings([
-      { name: "A", type: vec ? "vec4<f32>" : t },
-      { name: "B", type: vec ? "vec4<f32>" : t },
-      { name: "C", type: t, write: true },
-    ]),
-  ];
+/**
+ * The accumulation loop of the register-tiled product (shared with the jit compiler's fused dot with
+ * an epilogue, ../compile/codegen.ts). It expects `M, N, K`, the tile origin `i0, j0`, the operand
+ * bases and strides `bB, bR, bC, aC` and the clamped row offsets `r0..r3` to be defined, and defines
+ * `cs`: the 4 (gen) or 8 (nn: two column groups) vec4 accumulators, row r of column group g at r + 4g.
+ */
+export function gemmTileBody(variant: "nn" | "gen", t: string): string {
   const zero = t === "f32" ? "0.0" : `${t}(0)`;
-  const prologue = `@compute @workgroup_size(${WGX}, ${WGY})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let M = P[0]; let N = P[1]; let K = P[2];
-  let bz = gid.z + P[3];
-  let i0 = P[4] + gid.y * ${T}u;
-  let j0 = gid.x * ${variant === "nn" ? 2 * T : T}u;
-  if (i0 >= M || j0 >= N) { return; }
-  let aB = P[5] + bz * P[6]; let aR = P[7]; let aC = P[8];
-  let bB = P[9] + bz * P[10]; let bR = P[11]; let bC = P[12];
-  // Rows / columns past the edge are clamped for loading; their results are not stored.
-  let r0 = aB + min(i0, M - 1u) * aR; let r1 = aB + min(i0 + 1u, M - 1u) * aR;
-  let r2 = aB + min(i0 + 2u, M - 1u) * aR; let r3 = aB + min(i0 + 3u, M - 1u) * aR;`;
   let body: string;
   if (variant === "nn") {
     // 4 rows x 8 columns: two vec4 column groups share each A load.
@@ -220,6 +205,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   let cs = array<vec4<${t}>, 4>(c0, c1, c2, c3);`;
   }
+  return body;
+}
+
+/** Params: M N K batch0 row0 | aOff aB aR aC | bOff bB bR bC (strides in elements). */
+function gemmSource(variant: "nn" | "gen", t: string): string {
+  const vec = variant !== "gen";
+  const head = [
+    bindings([
+      { name: "A", type: vec ? "vec4<f32>" : t },
+      { name: "B", type: vec ? "vec4<f32>" : t },
+      { name: "C", type: t, write: true },
+    ]),
+  ];
+  const prologue = `@compute @workgroup_size(${WGX}, ${WGY})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let M = P[0]; let N = P[1]; let K = P[2];
+  let bz = gid.z + P[3];
+  let i0 = P[4] + gid.y * ${T}u;
+  let j0 = gid.x * ${variant === "nn" ? 2 * T : T}u;
+  if (i0 >= M || j0 >= N) { return; }
+  let aB = P[5] + bz * P[6]; let aR = P[7]; let aC = P[8];
+  let bB = P[9] + bz * P[10]; let bR = P[11]; let bC = P[12];
+  // Rows / columns past the edge are clamped for loading; their results are not stored.
+  let r0 = aB + min(i0, M - 1u) * aR; let r1 = aB + min(i0 + 1u, M - 1u) * aR;
+  let r2 = aB + min(i0 + 2u, M - 1u) * aR; let r3 = aB + min(i0 + 3u, M - 1u) * aR;`;
+  const body = gemmTileBody(variant, t);
   const groups = variant === "nn" ? 2 : 1;
   const store = `
   let cb = bz * M * N;
