@@ -11,10 +11,41 @@
 import { shapeSize, shapeStr, type DType, type Shape } from "../../../autodiff/aval.js";
 import { BackendError, DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import type { AnyTypedArray, OutType } from "../kernel.js";
+import { allocateResident, releaseStorage, retainStorage } from "./wasm/storage.js";
 export { mergedStride } from "../strides.js";
 
-/** A fresh zero-filled typed array for `dtype` (bool is one byte per element). */
+const ARRAY_TYPES = {
+  float32: Float32Array,
+  float64: Float64Array,
+  int32: Int32Array,
+  uint32: Uint32Array,
+  bool: Uint8Array,
+} as const;
+
+/**
+ * A fresh zero-filled typed array for `dtype` (bool is one byte per element). Large ones live in the
+ * Wasm runtime's memory when it allows (wasm/storage.ts), where the Wasm kernels use them in place.
+ */
 export function allocate(dtype: DType, size: number): AnyTypedArray {
+  return allocateResident(arrayType(dtype), size, true) ?? allocateOrdinary(dtype, size);
+}
+
+/**
+ * As `allocate`, for a caller that writes every element before anything reads one: resident storage
+ * is handed out uncleared (it may hold an earlier array's values).
+ */
+export function allocateUninit(dtype: DType, size: number): AnyTypedArray {
+  return allocateResident(arrayType(dtype), size, false) ?? allocateOrdinary(dtype, size);
+}
+
+function arrayType(dtype: DType): (typeof ARRAY_TYPES)[keyof typeof ARRAY_TYPES] {
+  const t = ARRAY_TYPES[dtype];
+  if (t === undefined) throw new DTypeError(`cpu: a known dtype, got ${String(dtype)}`);
+  return t;
+}
+
+/** A fresh zero-filled ordinary (JS-heap) typed array: for scratch that kernels hold privately. */
+export function allocateOrdinary(dtype: DType, size: number): AnyTypedArray {
   switch (dtype) {
     case "float32":
       return new Float32Array(size);
@@ -71,6 +102,8 @@ export class CpuBuffer {
   readonly owned: boolean;
   /** True when the elements are laid out in C order from `offset` with no gaps. */
   readonly contiguous: boolean;
+  /** Whether this buffer holds a counted reference to its storage (owned buffers and views). */
+  #counted: boolean;
 
   constructor(
     data: AnyTypedArray,
@@ -79,8 +112,11 @@ export class CpuBuffer {
     strides: readonly number[] = contiguousStrides(shape),
     offset = 0,
     owned = true,
+    counted = owned,
   ) {
     this.#data = data;
+    this.#counted = counted;
+    if (counted) retainStorage(data);
     this.dtype = dtype;
     this.shape = Object.freeze([...shape]);
     this.strides = Object.freeze([...strides]);
@@ -114,16 +150,21 @@ export class CpuBuffer {
     return this.shape.length;
   }
 
-  /** Drops the reference to the storage (idempotent). Views made earlier keep their own reference. */
+  /**
+   * Drops the reference to the storage (idempotent). Views made earlier keep their own reference;
+   * resident storage goes back to the arena with the last counted reference (wasm/storage.ts).
+   */
   release(): void {
+    const d = this.#data;
     this.#data = null;
+    if (d !== null && this.#counted) releaseStorage(d);
   }
 
   /** A view onto the same storage (which is then marked shared: see `isStorageShared`). */
   view(shape: Shape, strides: readonly number[], offset: number): CpuBuffer {
     const data = this.data;
     sharedStorage.add(data);
-    return new CpuBuffer(data, this.dtype, shape, strides, offset, false);
+    return new CpuBuffer(data, this.dtype, shape, strides, offset, false, true);
   }
 }
 

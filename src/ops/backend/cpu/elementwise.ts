@@ -16,7 +16,7 @@ import { isFloat, isInt, shapeStr, type DType } from "../../../autodiff/aval.js"
 import { DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import { COMPARISON_OPS, type AnyTypedArray, type BinaryOp, type OutType, type UnaryOp } from "../kernel.js";
 import {
-  allocate,
+  allocateUninit,
   contiguousData,
   contiguousStrides,
   CpuBuffer,
@@ -34,7 +34,7 @@ type Row2 = (n: number, o: Arr, io: number, a: Arr, ia: number, sa: number, b: A
 
 /** Runs a unary row kernel over x into a fresh buffer of `dtype`. */
 function map1(x: CpuBuffer, dtype: DType, row: Row1): CpuBuffer {
-  const o = allocate(dtype, x.size);
+  const o = allocateUninit(dtype, x.size);
   const a = x.data;
   if (x.contiguous) {
     row(x.size, o, 0, a, x.offset, 1);
@@ -48,7 +48,7 @@ function map1(x: CpuBuffer, dtype: DType, row: Row1): CpuBuffer {
 
 /** Runs a binary row kernel over x, y (same shape) into a fresh buffer of `dtype`. */
 function map2(x: CpuBuffer, y: CpuBuffer, dtype: DType, row: Row2): CpuBuffer {
-  const o = allocate(dtype, x.size);
+  const o = allocateUninit(dtype, x.size);
   const a = x.data;
   const b = y.data;
   if (x.contiguous && y.contiguous) {
@@ -421,7 +421,7 @@ export function select(pred: CpuBuffer, onTrue: CpuBuffer, onFalse: CpuBuffer): 
   }
   expectShape("select", "a true branch of the predicate's shape", pred.shape, onTrue.shape);
   expectShape("select", "a false branch of the predicate's shape", pred.shape, onFalse.shape);
-  const o = allocate(onTrue.dtype, pred.size);
+  const o = allocateUninit(onTrue.dtype, pred.size);
   const p = pred.data;
   const t = onTrue.data;
   const f = onFalse.data;

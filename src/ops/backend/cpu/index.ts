@@ -26,7 +26,7 @@ import type {
   ReduceOp,
   UnaryOp,
 } from "../kernel.js";
-import { allocate, checkShape, copyOut, CpuBuffer, dtypeOfArray } from "./buffer.js";
+import { allocateUninit, checkShape, copyOut, CpuBuffer, dtypeOfArray } from "./buffer.js";
 import { binary, bitcast, cast, select, unary } from "./elementwise.js";
 import { dynamicSlice, dynamicUpdateSlice, gather, scatterAdd } from "./indexing.js";
 import { dotGeneral } from "./matmul.js";
@@ -57,8 +57,11 @@ function hostToStorage(op: string, data: AnyTypedArray, out: OutType): AnyTypedA
   if (data.length !== size) {
     throw new ShapeError(`${op}: ${size} elements for shape ${shapeStr(out.shape)}, got ${data.length}`);
   }
-  if (dtypeOfArray(data) === out.dtype) return data.slice();
-  const storage = allocate(out.dtype, size);
+  const storage = allocateUninit(out.dtype, size);
+  if (dtypeOfArray(data) === out.dtype) {
+    storage.set(data as never);
+    return storage;
+  }
   if (out.dtype === "bool") for (let i = 0; i < size; i++) storage[i] = data[i] !== 0 ? 1 : 0;
   else storage.set(data as never);
   return storage;

@@ -93,9 +93,9 @@ export function eagerReduceFast(op: ReduceOp, x: CpuBuffer, axes: readonly numbe
   let outer = 1;
   for (const d of kept) outer *= d;
   const len = x.size / outer;
-  const data = (x.data as Float32Array).subarray(x.offset, x.offset + x.size);
+  const data = x.data as Float32Array;
   let r: Float32Array | null = null;
-  if (axes[k - 1] === nd - 1) r = wasmReduceF32(op, data, "rows", outer, len);
-  else if (axes[0] === 0) r = wasmReduceF32(op, data, "cols", outer, len);
+  if (axes[k - 1] === nd - 1) r = wasmReduceF32(op, data, "rows", outer, len, x.offset);
+  else if (axes[0] === 0) r = wasmReduceF32(op, data, "cols", outer, len, x.offset);
   return r === null ? null : new CpuBuffer(r, F32, out.shape);
 }

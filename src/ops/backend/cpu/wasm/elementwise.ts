@@ -101,11 +101,11 @@ export function wasmBinaryF32(op: WasmBinaryOp, x: Float32Array | number, y: Flo
   const mode = typeof x === "number" ? (typeof y === "number" ? null : "sv") : typeof y === "number" ? "vs" : "vv";
   if (mode === null) return null;
   const fn = ks[`${op}_${mode}`]!;
-  const base = Math.ceil(rt.operandBase / 64) * 64;
+  const base = rt.scratch(3 * CHUNK * 4);
+  if (base < 0) return null;
   const xa = base;
   const ya = xa + CHUNK * 4;
   const oa = ya + CHUNK * 4;
-  if (!rt.ensure(oa + CHUNK * 4)) return null;
   const heap = new Float32Array(rt.memory.buffer);
   if (typeof x === "number") heap[xa / 4] = x;
   if (typeof y === "number") heap[ya / 4] = y;

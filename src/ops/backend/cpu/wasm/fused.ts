@@ -30,10 +30,11 @@ import { isFloat, isInt, shapeSize, shapeStr, type DType, type Shape } from "../
 import { DTypeError, ShapeError } from "../../../../autodiff/errors.js";
 import { scalarProgramKey, type ScalarNode, type ScalarProgram } from "../../../compile/scalar-program.js";
 import { COMPARISON_OPS, type AnyTypedArray, type BinaryOp, type UnaryOp } from "../../kernel.js";
-import { allocate, contiguousStrides, CpuBuffer, dtypeOfArray, forEachRow } from "../buffer.js";
+import { allocateUninit, contiguousStrides, CpuBuffer, dtypeOfArray, forEachRow } from "../buffer.js";
 import { erf, erfInv, logistic, powFloat, powInt, roundHalfEven, signFloat } from "../math.js";
 import { Code, ModuleBuilder, type Local } from "./emitter.js";
 import { getRuntime } from "./pool.js";
+import { residentAddress } from "./storage.js";
 import { erfF32, expF32, expm1F32, log1pF32, logF32, logisticF32, tanhF32, trigF32 } from "./simd-math.js";
 import { wasmApi } from "./wasm-api.js";
 
@@ -65,15 +66,21 @@ export interface FusedOptions {
   wasm: boolean;
   /** Fewer elements than this run on the JavaScript kernel. */
   wasmMinSize: number;
+  /** Run the Wasm kernel in place on resident operands (storage.ts) when they all are (else staged). */
+  direct: boolean;
 }
 
 export const fusedOptions: FusedOptions = {
   wasm: typeof process === "undefined" || process.env.WEBGRAD_CPU_WASM !== "0",
   wasmMinSize: 1024,
+  direct: true,
 };
 
-/** Kernel runs per path since start (a statistic; tests check which path ran). */
-export const fusedStats = { wasm: 0, js: 0, wasmBuildFailures: 0 };
+/**
+ * Kernel runs per path since start (a statistic; tests check which path ran): `wasm` and `js` count
+ * kernel calls, `direct` the Wasm calls that ran in place on resident operands (not staged).
+ */
+export const fusedStats = { wasm: 0, js: 0, direct: 0, wasmBuildFailures: 0 };
 
 /** Updates `fusedOptions`. */
 export function configureFused(options: Partial<FusedOptions>): void {
@@ -782,6 +789,76 @@ function indexValue(o: number, dtype: DType): number {
   return dtype === "bool" ? +(o !== 0) : o;
 }
 
+/**
+ * Runs the SIMD kernel where its operands are, when they all allow it: every output and every input
+ * that is not one value everywhere lives in the Wasm memory (resident storage, storage.ts), in C order
+ * over `shape`, with the element width of the kernel's lanes. The whole vectors run in one call; the
+ * rest (fewer than `lanes` elements, which a vector would overrun) goes through the staging path.
+ * Returns false (nothing done) when some operand does not allow it.
+ */
+function runDirect(
+  fn: SimdFn, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[], outs: readonly AnyTypedArray[],
+  outDTypes: readonly DType[], scalar: readonly boolean[],
+): boolean {
+  const eb = 16 / lanes;
+  const size = shapeSize(shape);
+  if (size < lanes) return false;
+  const cStrides = contiguousStrides(shape);
+  const inAddr: number[] = [];
+  for (let k = 0; k < views.length; k++) {
+    if (scalar[k]) {
+      inAddr.push(-1);
+      continue;
+    }
+    const v = views[k]!;
+    const d = v.data;
+    if (d === null || dtypes[k] === "bool" || d.BYTES_PER_ELEMENT !== eb || dtypeOfArray(d) !== dtypes[k]) return false;
+    if (!shape.every((n, i) => n === 1 || v.strides[i] === cStrides[i])) return false;
+    const at = residentAddress(d);
+    if (at < 0) return false;
+    inAddr.push(at + v.offset * eb);
+  }
+  const outAddr: number[] = [];
+  for (let j = 0; j < outs.length; j++) {
+    const o = outs[j]!;
+    if (outDTypes[j] === "bool" || o.BYTES_PER_ELEMENT !== eb) return false;
+    const at = residentAddress(o);
+    if (at < 0) return false;
+    // An output written over an input it would read later at another position (the vectors are read
+    // and written in one pass) must be staged; the same position (an in-place update) is fine.
+    const bytes = size * eb;
+    if (inAddr.some((a) => a >= 0 && a !== at && a < at + bytes && at < a + bytes)) return false;
+    outAddr.push(at);
+  }
+  const rt = getRuntime()!;
+  const nScalar = scalar.filter((x) => x).length;
+  const base = nScalar > 0 ? rt.scratch(16 * nScalar) : 0;
+  if (base < 0) return false;
+  const buf = rt.memory.buffer;
+  const args: number[] = [Math.floor(size / lanes)];
+  let slot = 0;
+  for (let k = 0; k < views.length; k++) {
+    if (!scalar[k]) {
+      args.push(inAddr[k]!, 16);
+      continue;
+    }
+    const v = views[k]!;
+    const at = base + 16 * slot++;
+    heapFor(buf, dtypes[k]!).fill(v.data === null ? indexValue(v.offset, dtypes[k]!) : v.data[v.offset]!, at / eb, at / eb + lanes);
+    args.push(at, 0);
+  }
+  args.push(...outAddr);
+  fn(...args);
+  fusedStats.direct++;
+  const done = args[0]! * lanes;
+  if (done === size) return true;
+  // The tail, flattened: every operand is C-ordered (or one value), so element i is at offset + i.
+  const tail = size - done;
+  const tailViews = views.map((v, k) => ({ data: v.data, strides: [scalar[k] ? 0 : 1], offset: scalar[k] ? v.offset : v.offset + done }));
+  const tailOuts = outs.map((o) => o.subarray(done));
+  return runSimd(fn, lanes, [tail], tailViews, dtypes, tailOuts, outDTypes);
+}
+
 /** Runs the SIMD kernel over `shape` in chunks; false when the memory could not be grown. */
 function runSimd(
   fn: SimdFn, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[], outs: readonly AnyTypedArray[],
@@ -789,10 +866,10 @@ function runSimd(
 ): boolean {
   const rt = getRuntime()!;
   const nIn = views.length;
-  const base = Math.ceil(rt.operandBase / 64) * 64;
   const eb = 16 / lanes; // bytes per element in the memory
   const slot = CHUNK * eb;
-  if (!rt.ensure(base + (nIn + outs.length) * slot)) return false;
+  const base = rt.scratch((nIn + outs.length) * slot);
+  if (base < 0) return false;
   const buf = rt.memory.buffer;
   const inHeap = dtypes.map((d) => heapFor(buf, d));
   const outHeap = outDTypes.map((d) => heapFor(buf, d));
@@ -800,6 +877,7 @@ function runSimd(
   const outAt = outs.map((_, j) => (base + (nIn + j) * slot) / eb);
   // Inputs that are one value everywhere: written once per lane, read with step 0.
   const scalar = views.map((v) => shape.every((n, d) => n === 1 || v.strides[d] === 0));
+  if (fusedOptions.direct && runDirect(fn, lanes, shape, views, dtypes, outs, outDTypes, scalar)) return true;
   const args: number[] = [0];
   for (let k = 0; k < nIn; k++) {
     args.push(inAt[k]! * eb, scalar[k] ? 0 : 16);
@@ -895,7 +973,7 @@ export function compileScalarProgram(program: ScalarProgram): FusedKernel {
         }
       });
     }
-    const outs = into !== undefined ? [...into] : outDTypes.map((d) => allocate(d, size));
+    const outs = into !== undefined ? [...into] : outDTypes.map((d) => allocateUninit(d, size));
     if (size > 0) {
       const views: StridedView[] = [...inputs];
       const dtypes: DType[] = p.inputs.map((x) => x.dtype);

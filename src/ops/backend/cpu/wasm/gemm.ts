@@ -1,18 +1,22 @@
 /**
  * @file `wasmGemm`: a batched float32 / float64 matrix product C[b] = A[b]·B[b] on the Wasm SIMD
  * kernels, on all threads of the pool for large products. Operands are strided [batch, rows, cols]
- * views (any strides, including 0 for broadcast and negative for reversed); each is copied into the
+ * views (any strides, including 0 for broadcast and negative for reversed). An operand whose storage is
+ * resident (storage.ts: it lives in the Wasm memory) is read in place; any other is copied into the
  * Wasm memory as the span of storage it covers (a memcpy for contiguous and transposed views) or, when
- * that span is sparse, gathered into C order. The output is computed into a tile-padded C region and
- * copied out contiguous.
+ * that span is sparse, gathered into C order. The output (resident when the arena has room) is written
+ * in place when its rows are whole register tiles, else computed into a tile-padded C region and
+ * copied out.
  *
  * Work split (tasks claimed dynamically by the main thread and the workers, see `split`): pack tasks
  * first pack all of B (once per batch entry, or once when B is broadcast over the batch) into NR-column
  * slivers; then compute tasks, each an MC-row block of A (packed by the task) against a column chunk
  * of the packed B, for a group of batch entries.
  */
+import { allocateUninit } from "../buffer.js";
 import { MAX_TASKS, type Job } from "./job-runner.js";
 import { F32_BLOCKING, F64_BLOCKING, getRuntime, type Blocking } from "./pool.js";
+import { residentAddress } from "./storage.js";
 
 /** A strided [batch, rows, cols] view of float storage. */
 export interface GemmOperand {
@@ -194,18 +198,27 @@ export function wasmGemm(
   const s = split(nb, m, n, k, threads, bl, bShared);
   const planA = plan(a, nb, m, k);
   const planB = plan(b, nb, k, n);
-  const aAddr = align64(rt.operandBase);
-  const bAddr = align64(aAddr + planA.span * eb);
-  const bpAddr = align64(bAddr + planB.span * eb);
+  // Resident operands (storage.ts) are read where they are; the result is written straight into its
+  // resident storage when its tile-padded layout is its own (whole MR x NR tiles), else copied out.
+  const aAt = planA.dense ? -1 : residentAddress(a.data);
+  const bAt = planB.dense ? -1 : residentAddress(b.data);
+  const out = allocateUninit(dtype, size) as Float32Array | Float64Array;
+  const outAt = mp === m && ldc === n ? residentAddress(out) : -1;
+  const aBytes = aAt < 0 ? align64(planA.span * eb) : 0;
+  const bBytes = bAt < 0 ? align64(planB.span * eb) : 0;
   const bpBatch = bShared ? 0 : k * ldc * eb;
-  const cAddr = align64(bpAddr + (bShared ? 1 : nb) * k * ldc * eb);
+  const bpBytes = align64((bShared ? 1 : nb) * k * ldc * eb);
   const cBatch = mp * ldc;
-  const end = cAddr + nb * cBatch * eb;
-  if (!rt.ensure(end)) return null;
+  const base = rt.scratch(aBytes + bBytes + bpBytes + (outAt < 0 ? nb * cBatch * eb : 0));
+  if (base < 0) return null;
+  const aAddr = base;
+  const bAddr = aAddr + aBytes;
+  const bpAddr = bAddr + bBytes;
+  const cAddr = outAt < 0 ? bpAddr + bpBytes : outAt;
   const heap = f64 ? new Float64Array(rt.memory.buffer) : new Float32Array(rt.memory.buffer);
-  const pa = placement(a, m, k, aAddr, eb, planA);
-  const pb = placement(b, k, n, bAddr, eb, planB);
-  copyIn(heap, b, nb, k, n, bAddr, planB);
+  const pa = aAt < 0 ? placement(a, m, k, aAddr, eb, planA) : residentPlacement(a, aAt, eb);
+  const pb = bAt < 0 ? placement(b, k, n, bAddr, eb, planB) : residentPlacement(b, bAt, eb);
+  if (bAt < 0) copyIn(heap, b, nb, k, n, bAddr, planB);
   const job: Job = {
     f64: f64 ? 1 : 0, m, n, k, nb,
     a: pa.base, aBatch: pa.sBatch, ars: pa.sRow, acs: pa.sCol,
@@ -216,18 +229,27 @@ export function wasmGemm(
     bp: bpAddr, bpBatch,
     ...s,
   };
-  const prepare = (): void => copyIn(heap, a, nb, m, k, aAddr, planA);
+  const prepare = (): void => {
+    if (aAt < 0) copyIn(heap, a, nb, m, k, aAddr, planA);
+  };
   if (!rt.run(job, s.nCompute + s.nPack, threads, prepare, cpuWasmOptions.mainTakesPart)) return null;
-  return copyResult(heap, cAddr / eb, nb, m, n, mp, ldc, f64);
+  if (outAt < 0) copyResult(heap, out, cAddr / eb, nb, m, n, mp, ldc);
+  return out;
 }
 
+/** Where element (0, 0, 0) of resident `x` (its storage at byte `at`) is, and its strides. */
+function residentPlacement(x: GemmOperand, at: number, eb: number): Placed {
+  return { base: at + x.offset * eb, sBatch: x.sBatch, sRow: x.sRow, sCol: x.sCol };
+}
+
+/** Copies the tile-padded C at element `c0` of the heap into `out` (contiguous [nb, m, n]). */
 function copyResult(
-  heap: Float32Array | Float64Array, c0: number, nb: number, m: number, n: number, mp: number, ldc: number, f64: boolean,
-): Float32Array | Float64Array {
-  const out = f64 ? new Float64Array(nb * m * n) : new Float32Array(nb * m * n);
+  heap: Float32Array | Float64Array, out: Float32Array | Float64Array, c0: number, nb: number, m: number, n: number,
+  mp: number, ldc: number,
+): void {
   if (ldc === n && (mp === m || nb === 1)) {
     out.set(heap.subarray(c0, c0 + nb * m * n));
-    return out;
+    return;
   }
   let p = 0;
   for (let b = 0; b < nb; b++) {
@@ -236,5 +258,4 @@ function copyResult(
       out.set(heap.subarray(q, q + n), p);
     }
   }
-  return out;
 }

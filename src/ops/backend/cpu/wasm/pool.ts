@@ -10,9 +10,12 @@
  * `unref`ed, so they never keep the process alive; `shutdownCpuWasmPool()` stops them explicitly.
  *
  * Memory layout (bytes): [0, 256) control words; [256, 512) zeros (pack padding reads them);
- * [512, 1024) fence scratch (never written in practice); from 64 KiB, one packed-A block per thread;
- * after them the current job's A and B (as copied in), the packed B and the tile-padded C. The memory
- * grows to the largest job seen and is not shrunk (it is reused by every later job).
+ * [512, 1024) fence scratch (never written in practice); from 64 KiB, one packed-A block per thread
+ * (room for MAX_THREADS); after them the scratch reserve, where a job puts what it copies in and
+ * its packed and padded blocks (`scratch`); from ARENA_START, the arena (arena.ts): CPU arrays that
+ * live in this memory (storage.ts) and, when a job needs more than the reserve, a larger scratch
+ * block. Untouched pages cost no physical memory. The memory grows with the arena and is never shrunk
+ * (a Wasm memory cannot be); freed blocks are reused.
  *
  * On an oversubscribed machine (other processes busy on the cores) a worker can be descheduled while
  * it holds a task and the main thread then waits for it. The runtime notices (the share of job time
@@ -24,6 +27,7 @@ import { availableParallelism } from "node:os";
 import { debuglog } from "node:util";
 import { Worker } from "node:worker_threads";
 import { wasmApi, type WasmMemory, type WasmModule } from "./wasm-api.js";
+import { Arena } from "./arena.js";
 import { gemmModuleBytes, relaxedSimdAvailable, type GemmExports, type TileShape } from "./gemm-kernels.js";
 import {
   CTRL_AREADY, CTRL_DONE, CTRL_FAILED, CTRL_NTASKS, CTRL_P, CTRL_PACKED, CTRL_QUIT, CTRL_THREADS, CTRL_W,
@@ -52,6 +56,10 @@ const SCRATCH_ADDR = 512;
 const PACK0 = PAGE;
 /** 2 GiB: every byte address stays a non-negative int32. */
 const MAX_PAGES = 32768;
+/** Threads at most (the packed-A blocks of this many fit below the scratch reserve). */
+export const MAX_THREADS = 64;
+/** Bytes of scratch below the arena (a job needing more takes an arena block). */
+const SCRATCH_RESERVE = 8 << 20;
 /** Spin iterations of an idle worker before it sleeps (a few tens of microseconds). */
 const WORKER_SPIN = 20000;
 /** Moving-average share of a parallel job spent waiting for workers above which parallel jobs pause. */
@@ -65,14 +73,18 @@ const MAIN_SPIN = 100000;
 const A_PACK_BYTES =
   Math.ceil(Math.max(F32_BLOCKING.mc * F32_BLOCKING.kc * 4, F64_BLOCKING.mc * F64_BLOCKING.kc * 8) / 64) * 64;
 
+/** Where the scratch reserve starts and the arena begins. */
+const SCRATCH0 = PACK0 + MAX_THREADS * A_PACK_BYTES;
+const ARENA_START = SCRATCH0 + SCRATCH_RESERVE;
+
 /** Thread count from `WEBGRAD_THREADS` (a positive integer), else the machine's parallelism. */
 function defaultThreads(): number {
   const env = typeof process !== "undefined" ? process.env.WEBGRAD_THREADS : undefined;
   const n = env === undefined || env === "" ? NaN : Number(env);
-  if (Number.isInteger(n) && n >= 1) return n;
+  if (Number.isInteger(n) && n >= 1) return Math.min(n, MAX_THREADS);
   if (env !== undefined && env !== "") debug("WEBGRAD_THREADS=%s is not a positive integer; using all cores", env);
   try {
-    return Math.max(1, availableParallelism());
+    return Math.min(MAX_THREADS, Math.max(1, availableParallelism()));
   } catch {
     return 1;
   }
@@ -102,6 +114,11 @@ export class WasmRuntime {
    */
   #straggle = 0;
   #suspended = 0;
+  /** Blocks of the memory above the scratch reserve (CPU arrays, large scratch). */
+  readonly arena: Arena;
+  /** The arena block serving as scratch when a job needs more than the reserve (-1: none). */
+  #bigScratch = -1;
+  #bigScratchBytes = 0;
 
   constructor(threads: number) {
     const wa = wasmApi;
@@ -109,11 +126,11 @@ export class WasmRuntime {
     let memory: WasmMemory;
     let shared = typeof SharedArrayBuffer !== "undefined" && process.env.WEBGRAD_CPU_SHARED !== "0";
     try {
-      memory = new wa.Memory({ initial: 2, maximum: MAX_PAGES, shared });
+      memory = new wa.Memory({ initial: ARENA_START / PAGE, maximum: MAX_PAGES, shared });
       if (shared && !(memory.buffer instanceof SharedArrayBuffer)) shared = false;
     } catch {
       shared = false;
-      memory = new wa.Memory({ initial: 2, maximum: MAX_PAGES });
+      memory = new wa.Memory({ initial: ARENA_START / PAGE, maximum: MAX_PAGES });
     }
     this.memory = memory;
     this.shared = shared;
@@ -140,7 +157,8 @@ export class WasmRuntime {
     this.ex = new wa.Instance(this.module, { env: { memory } }).exports as unknown as GemmExports;
     this.ctrl = new Int32Array(memory.buffer, 0, CTRL_WORDS);
     this.#runJob = mainRunner().runJob;
-    this.threads = shared ? Math.max(1, threads) : 1;
+    this.threads = shared ? Math.min(MAX_THREADS, Math.max(1, threads)) : 1;
+    this.arena = new Arena(ARENA_START, MAX_PAGES * PAGE, (end) => this.ensure(end));
   }
 
   /** The memory's maximum size in 64 KiB pages (other modules importing it must declare the same). */
@@ -157,9 +175,25 @@ export class WasmRuntime {
     return { aPack0: PACK0, aPackStride: A_PACK_BYTES };
   }
 
-  /** First free byte after the per-thread pack buffers (for `threads` threads). */
-  get operandBase(): number {
-    return PACK0 + Math.max(this.threads, 1) * A_PACK_BYTES;
+  /**
+   * The start of `bytes` bytes of scratch (64-byte aligned) for the current job, or -1 when the memory
+   * cannot provide them. Valid until the next call; read `memory.buffer` after it (it may grow).
+   */
+  scratch(bytes: number): number {
+    if (bytes <= SCRATCH_RESERVE) return SCRATCH0;
+    if (this.#bigScratchBytes >= bytes) return this.#bigScratch;
+    if (this.#bigScratch >= 0) this.arena.free(this.#bigScratch, this.#bigScratchBytes);
+    // Some headroom, so that slowly growing jobs do not reallocate every time.
+    const want = Math.ceil(bytes * 1.25);
+    let at = this.arena.alloc(want);
+    let got = want;
+    if (at < 0) {
+      at = this.arena.alloc(bytes);
+      got = bytes;
+    }
+    this.#bigScratch = at;
+    this.#bigScratchBytes = at < 0 ? 0 : got;
+    return at;
   }
 
   /**
@@ -296,7 +330,8 @@ export function getRuntime(): WasmRuntime | null {
 
 /**
  * Sets the thread count (main thread included) for large products; `undefined` restores the default
- * (`WEBGRAD_THREADS`, else all cores). Running workers beyond the new count are stopped.
+ * (`WEBGRAD_THREADS`, else all cores), clamped to MAX_THREADS (64). Running workers beyond the new
+ * count are stopped.
  */
 export async function setCpuThreads(threads: number | undefined): Promise<void> {
   if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
@@ -305,7 +340,7 @@ export async function setCpuThreads(threads: number | undefined): Promise<void> 
   requestedThreads = threads;
   const rt = runtime;
   if (rt === null) return;
-  const want = rt.shared ? (threads ?? defaultThreads()) : 1;
+  const want = rt.shared ? Math.min(MAX_THREADS, threads ?? defaultThreads()) : 1;
   if (rt.workerCount > want - 1) await rt.shutdown();
   rt.threads = want;
 }

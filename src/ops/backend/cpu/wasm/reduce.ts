@@ -11,11 +11,12 @@
  *   by one rounding (tested within 1 ulp plus n·2⁻⁵²·Σ|x|);
  * - max / min: order-independent and NaN-propagating with -0 < +0, as Math.max / Math.min:
  *   bit-identical.
- * Data is copied into the runtime's memory a block of rows at a time (about 64 KiB), so each block is
- * reduced from cache.
+ * Resident storage (storage.ts) is reduced in place; other data is copied into the runtime's memory a
+ * block of rows at a time (about 64 KiB), so each block is reduced from cache.
  */
 import { Code, ModuleBuilder, type Local } from "./emitter.js";
 import { getRuntime } from "./pool.js";
+import { residentAddress } from "./storage.js";
 import { wasmApi } from "./wasm-api.js";
 
 export type WasmReduceOp = "sum" | "max" | "min";
@@ -157,32 +158,41 @@ function getKernels(): Kernels | null {
 }
 
 /**
- * `op` over the elements of contiguous float32 `data` viewed as [outer, len] (mode "rows": reduce
+ * `op` over the elements of contiguous float32 `data` from element `offset`, viewed as [outer, len] (mode "rows": reduce
  * len, one result per row) or [len, outer] (mode "cols": reduce len, one result per column). Returns
  * the float32 results, or null when the Wasm path is unavailable (the caller keeps its kernel).
  */
-export function wasmReduceF32(op: WasmReduceOp, data: Float32Array, mode: "rows" | "cols", outer: number, len: number): Float32Array | null {
+export function wasmReduceF32(
+  op: WasmReduceOp, data: Float32Array, mode: "rows" | "cols", outer: number, len: number, offset = 0,
+): Float32Array | null {
   const ks = getKernels();
   const rt = getRuntime();
   if (ks === null || rt === null) return null;
   const out = new Float32Array(outer);
   wasmReduceStats.runs++;
   if (outer === 0) return out;
-  const base = Math.ceil(rt.operandBase / 64) * 64;
+  // Resident storage (storage.ts) is reduced where it is; anything else is copied in block by block.
+  const at = residentAddress(data);
+  const xResident = at < 0 ? -1 : at + offset * 4;
   if (mode === "rows") {
     if (len === 0) {
       if (op !== "sum") out.fill(op === "max" ? -Infinity : Infinity);
       return out;
     }
     const rowsPerBlock = Math.max(1, Math.floor(BLOCK / len));
+    const outBytes = Math.ceil((outer * 4) / 64) * 64;
+    const base = rt.scratch(outBytes + (xResident < 0 ? rowsPerBlock * len * 4 + 16 : 0));
+    if (base < 0) return null;
     const outAddr = base;
-    const xAddr = Math.ceil((outAddr + outer * 4) / 64) * 64;
-    if (!rt.ensure(xAddr + rowsPerBlock * len * 4 + 16)) return null;
+    const xAddr = base + outBytes;
     const heap = new Float32Array(rt.memory.buffer);
-    for (let r = 0; r < outer; r += rowsPerBlock) {
-      const n = Math.min(rowsPerBlock, outer - r);
-      heap.set(data.subarray(r * len, (r + n) * len), xAddr / 4);
-      ks.rows[op](xAddr, n, len, outAddr + r * 4);
+    if (xResident >= 0) ks.rows[op](xResident, outer, len, outAddr);
+    else {
+      for (let r = 0; r < outer; r += rowsPerBlock) {
+        const n = Math.min(rowsPerBlock, outer - r);
+        heap.set(data.subarray(offset + r * len, offset + (r + n) * len), xAddr / 4);
+        ks.rows[op](xAddr, n, len, outAddr + r * 4);
+      }
     }
     out.set(heap.subarray(outAddr / 4, outAddr / 4 + outer));
     return out;
@@ -192,17 +202,22 @@ export function wasmReduceF32(op: WasmReduceOp, data: Float32Array, mode: "rows"
   const padded = Math.ceil(cols / 4) * 4;
   const accBytes = padded * (op === "sum" ? 8 : 4);
   const rowsPerBlock = Math.max(1, Math.floor(BLOCK / cols));
+  const accSpan = Math.ceil(accBytes / 64) * 64;
+  const base = rt.scratch(accSpan + (xResident < 0 ? rowsPerBlock * cols * 4 + 16 : 0));
+  if (base < 0) return null;
   const accAddr = base;
-  const xAddr = Math.ceil((accAddr + accBytes) / 64) * 64;
-  if (!rt.ensure(xAddr + rowsPerBlock * cols * 4 + 16)) return null;
+  const xAddr = base + accSpan;
   const buf = rt.memory.buffer;
   const heap = new Float32Array(buf);
   if (op === "sum") new Float64Array(buf, accAddr, padded).fill(0);
   else heap.fill(op === "max" ? -Infinity : Infinity, accAddr / 4, accAddr / 4 + padded);
-  for (let r = 0; r < len; r += rowsPerBlock) {
-    const n = Math.min(rowsPerBlock, len - r);
-    heap.set(data.subarray(r * cols, (r + n) * cols), xAddr / 4);
-    ks.cols[op](xAddr, n, cols, accAddr);
+  if (xResident >= 0) ks.cols[op](xResident, len, cols, accAddr);
+  else {
+    for (let r = 0; r < len; r += rowsPerBlock) {
+      const n = Math.min(rowsPerBlock, len - r);
+      heap.set(data.subarray(offset + r * cols, offset + (r + n) * cols), xAddr / 4);
+      ks.cols[op](xAddr, n, cols, accAddr);
+    }
   }
   if (op === "sum") out.set(new Float64Array(buf, accAddr, cols)); // rounded once, as the reference
   else out.set(heap.subarray(accAddr / 4, accAddr / 4 + cols));
