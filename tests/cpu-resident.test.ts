@@ -16,6 +16,7 @@ import { cpuBackend as cpu, type CpuBuffer } from "../src/ops/backend/cpu/index.
 import { dotGeneralReference } from "../src/ops/backend/cpu/matmul.js";
 import { ALIGN, alignUp, Arena } from "../src/ops/backend/cpu/wasm/arena.js";
 import { fusedStats } from "../src/ops/backend/cpu/wasm/fused.js";
+import { configureCpuWasm, cpuWasmInfo } from "../src/ops/backend/cpu/wasm/index.js";
 import { getRuntime } from "../src/ops/backend/cpu/wasm/pool.js";
 import {
   ARENA_MIN_BYTES, residentAddress, residentStats, setResidentStorage,
@@ -240,6 +241,39 @@ describe("resident storage: kernels in place", () => {
       }),
       { numRuns: 12 },
     );
+  });
+
+  it("large in-place kernels run on all threads, the workers included, and still equal the arithmetic by hand", () => {
+    const rt = getRuntime()!;
+    const size = 3 * 65536 + 7;
+    const av = values(size, 31);
+    const bv = values(size, 32);
+    const a = cpu.fromHost(av, { shape: [size], dtype: F32 });
+    const b = cpu.fromHost(bv, { shape: [size], dtype: F32 });
+    for (const mainTakesPart of [true, false]) {
+      configureCpuWasm({ mainTakesPart });
+      const parallel = fusedStats.parallel;
+      const workerTasks = cpuWasmInfo().workerTasks;
+      const s = cpu.binary("sub", a, b, { shape: [size], dtype: F32 });
+      const t = cpu.unary("tanh", s, { shape: [size], dtype: F32 });
+      configureCpuWasm({ mainTakesPart: true });
+      const got = host(s);
+      for (let i = 0; i < size; i++) if (got[i] !== Math.fround(av[i]! - bv[i]!)) expect(got[i]).toBe(Math.fround(av[i]! - bv[i]!));
+      // tanh: the staged single-threaded kernel is the reference here (the same SIMD code, proven
+      // against Math.tanh in cpu-fused.test.ts); threads must not change a single bit.
+      setResidentStorage(false);
+      const s0 = cpu.fromHost(got, { shape: [size], dtype: F32 });
+      const t0 = cpu.unary("tanh", s0, { shape: [size], dtype: F32 });
+      setResidentStorage(true);
+      expect(host(t)).toEqual(host(t0));
+      if (rt.shared && rt.threads > 1) {
+        expect(fusedStats.parallel).toBe(parallel + 2);
+        if (!mainTakesPart) expect(cpuWasmInfo().workerTasks).toBeGreaterThan(workerTasks);
+      }
+      for (const x of [s, t, s0, t0]) cpu.release(x);
+    }
+    cpu.release(a);
+    cpu.release(b);
   });
 
   it("transcendental ops give the same bits in place as staged", () => {

@@ -33,10 +33,11 @@ import { COMPARISON_OPS, type AnyTypedArray, type BinaryOp, type UnaryOp } from 
 import { allocateUninit, contiguousStrides, CpuBuffer, dtypeOfArray, forEachRow } from "../buffer.js";
 import { erf, erfInv, logistic, powFloat, powInt, roundHalfEven, signFloat } from "../math.js";
 import { Code, ModuleBuilder, type Local } from "./emitter.js";
-import { getRuntime } from "./pool.js";
+import { cpuWasmOptions } from "./gemm.js";
+import { getRuntime, type WasmRuntime } from "./pool.js";
 import { residentAddress } from "./storage.js";
 import { erfF32, expF32, expm1F32, log1pF32, logF32, logisticF32, tanhF32, trigF32 } from "./simd-math.js";
-import { wasmApi } from "./wasm-api.js";
+import { wasmApi, type WasmModule } from "./wasm-api.js";
 
 /**
  * One input of a fused kernel: storage, strides over the iteration shape (0: broadcast), offset. With
@@ -68,19 +69,23 @@ export interface FusedOptions {
   wasmMinSize: number;
   /** Run the Wasm kernel in place on resident operands (storage.ts) when they all are (else staged). */
   direct: boolean;
+  /** In-place kernels over at least this many vectors run on all threads (map jobs of pool.ts). */
+  parallelMinVectors: number;
 }
 
 export const fusedOptions: FusedOptions = {
   wasm: typeof process === "undefined" || process.env.WEBGRAD_CPU_WASM !== "0",
   wasmMinSize: 1024,
   direct: true,
+  parallelMinVectors: 16384,
 };
 
 /**
  * Kernel runs per path since start (a statistic; tests check which path ran): `wasm` and `js` count
- * kernel calls, `direct` the Wasm calls that ran in place on resident operands (not staged).
+ * kernel calls, `direct` the Wasm calls that ran in place on resident operands (not staged), and
+ * `parallel` those of them that ran on several threads.
  */
-export const fusedStats = { wasm: 0, js: 0, direct: 0, wasmBuildFailures: 0 };
+export const fusedStats = { wasm: 0, js: 0, direct: 0, parallel: 0, wasmBuildFailures: 0 };
 
 /** Updates `fusedOptions`. */
 export function configureFused(options: Partial<FusedOptions>): void {
@@ -682,7 +687,15 @@ function emitSimdKernel(c: Code, nodes: readonly ScalarNode[], nInputs: number, 
 
 type SimdFn = (...args: number[]) => void;
 
-function buildSimd(nodes: readonly ScalarNode[], nInputs: number, outputs: readonly number[]): SimdFn | null {
+/** A built SIMD kernel: the main thread's function and the module (for the workers, see `runDirect`). */
+interface SimdKernel {
+  readonly fn: SimdFn;
+  readonly module: WasmModule;
+  /** Its id with the runtime's map jobs (registered on first parallel use). */
+  id: number;
+}
+
+function buildSimd(nodes: readonly ScalarNode[], nInputs: number, outputs: readonly number[]): SimdKernel | null {
   const rt = getRuntime();
   const wa = wasmApi;
   if (rt === null || wa === undefined) return null;
@@ -699,8 +712,9 @@ function buildSimd(nodes: readonly ScalarNode[], nInputs: number, outputs: reado
       fusedStats.wasmBuildFailures++;
       return null;
     }
-    const inst = new wa.Instance(new wa.Module(bytes), { env: { memory: rt.memory }, m: { sin: Math.sin, cos: Math.cos } });
-    return inst.exports["kernel"] as SimdFn;
+    const module = new wa.Module(bytes);
+    const inst = new wa.Instance(module, { env: { memory: rt.memory }, m: { sin: Math.sin, cos: Math.cos } });
+    return { fn: inst.exports["kernel"] as SimdFn, module, id: -1 };
   } catch {
     fusedStats.wasmBuildFailures++;
     return null;
@@ -722,7 +736,7 @@ interface Compiled {
   /** JS row functions by the set of inputs that are index views (as a bit-mask string). */
   readonly jsRows: Map<string, JsRow>;
   /** The SIMD kernel, built on first use (null: not SIMD-able or Wasm unavailable). */
-  simd: SimdFn | null | undefined;
+  simd: SimdKernel | null | undefined;
   /** Elements per vector of the SIMD kernel: 4 (32-bit lanes) or 2 (float64 programs). */
   readonly lanes: 4 | 2;
 }
@@ -797,7 +811,7 @@ function indexValue(o: number, dtype: DType): number {
  * Returns false (nothing done) when some operand does not allow it.
  */
 function runDirect(
-  fn: SimdFn, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[], outs: readonly AnyTypedArray[],
+  k: SimdKernel, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[], outs: readonly AnyTypedArray[],
   outDTypes: readonly DType[], scalar: readonly boolean[],
 ): boolean {
   const eb = 16 / lanes;
@@ -848,7 +862,7 @@ function runDirect(
     args.push(at, 0);
   }
   args.push(...outAddr);
-  fn(...args);
+  if (!runVectors(rt, k, args, views.length, outs.length)) return false;
   fusedStats.direct++;
   const done = args[0]! * lanes;
   if (done === size) return true;
@@ -856,12 +870,35 @@ function runDirect(
   const tail = size - done;
   const tailViews = views.map((v, k) => ({ data: v.data, strides: [scalar[k] ? 0 : 1], offset: scalar[k] ? v.offset : v.offset + done }));
   const tailOuts = outs.map((o) => o.subarray(done));
-  return runSimd(fn, lanes, [tail], tailViews, dtypes, tailOuts, outDTypes);
+  return runSimd(k, lanes, [tail], tailViews, dtypes, tailOuts, outDTypes);
+}
+
+/**
+ * Runs `k` with `args` (n vectors, then the operands' addresses as the kernel takes them) on the
+ * calling thread or, when there are enough vectors to share and the operands fit a map job, on all
+ * threads, each task a slice of the vectors. False when a task failed.
+ */
+function runVectors(rt: WasmRuntime, k: SimdKernel, args: number[], nIn: number, nOut: number): boolean {
+  const nvec = args[0]!;
+  const threads = nvec >= fusedOptions.parallelMinVectors && rt.shared && rt.threads > 1 && rt.mapFits(nIn, nOut) ? rt.threadsFor(rt.threads) : 1;
+  if (threads === 1) {
+    k.fn(...args);
+    return true;
+  }
+  rt.startWorkers();
+  if (k.id < 0) k.id = rt.registerMapKernel(k.module, k.fn);
+  const inputs: [number, number][] = [];
+  for (let i = 0; i < nIn; i++) inputs.push([args[1 + 2 * i]!, args[2 + 2 * i]!]);
+  const outputs = args.slice(1 + 2 * nIn);
+  // About four tasks per thread, for balance when a core is busy with something else.
+  const per = Math.max(fusedOptions.parallelMinVectors >> 2, Math.ceil(nvec / (4 * threads)));
+  fusedStats.parallel++;
+  return rt.runMap(k.id, nvec, per, inputs, outputs, threads, cpuWasmOptions.mainTakesPart);
 }
 
 /** Runs the SIMD kernel over `shape` in chunks; false when the memory could not be grown. */
 function runSimd(
-  fn: SimdFn, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[], outs: readonly AnyTypedArray[],
+  k: SimdKernel, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[], outs: readonly AnyTypedArray[],
   outDTypes: readonly DType[],
 ): boolean {
   const rt = getRuntime()!;
@@ -877,7 +914,7 @@ function runSimd(
   const outAt = outs.map((_, j) => (base + (nIn + j) * slot) / eb);
   // Inputs that are one value everywhere: written once per lane, read with step 0.
   const scalar = views.map((v) => shape.every((n, d) => n === 1 || v.strides[d] === 0));
-  if (fusedOptions.direct && runDirect(fn, lanes, shape, views, dtypes, outs, outDTypes, scalar)) return true;
+  if (fusedOptions.direct && runDirect(k, lanes, shape, views, dtypes, outs, outDTypes, scalar)) return true;
   const args: number[] = [0];
   for (let k = 0; k < nIn; k++) {
     args.push(inAt[k]! * eb, scalar[k] ? 0 : 16);
@@ -889,7 +926,7 @@ function runSimd(
   let outPos = 0;
   const flush = (): void => {
     args[0] = Math.ceil(fill / lanes);
-    fn(...args);
+    k.fn(...args);
     for (let j = 0; j < outs.length; j++) {
       outs[j]!.set(outHeap[j]!.subarray(outAt[j]!, outAt[j]! + fill) as never, outPos);
     }

@@ -13,6 +13,11 @@
  * - `QUIT`: set at shutdown; workers leave their loop.
  * - `FAILED`: set when a task threw (the main thread then recomputes with the TypeScript kernel).
  * - `NTASKS` and the job parameters from `P`; `PACKED` and `AREADY` order the phases within a job.
+ * - `KIND`: what the job is: a product (KIND_GEMM, parameters `JOB_FIELDS`) or a map (KIND_MAP,
+ *   parameters `MAP_FIELDS` then operand pairs): one elementwise kernel of fused.ts over a range of
+ *   vectors, each task a slice of it. Workers get the map kernels' modules through a MessagePort
+ *   (pool.ts posts each module before the first job that uses it), read synchronously with
+ *   `receiveMessageOnPort` when a job names a kernel they have not instantiated yet.
  * Workers sleep in `Atomics.wait` on W after a short spin, so back-to-back products do not pay a
  * futex wake-up each.
  */
@@ -33,6 +38,10 @@ export const CTRL_WORKER_TASKS = 6;
 export const CTRL_AREADY = 7;
 /** Threads that may take part in the current job (tids below it); written before W is published. */
 export const CTRL_THREADS = 8;
+/** The job's kind: KIND_GEMM or KIND_MAP (written before W is published). */
+export const CTRL_KIND = 9;
+export const KIND_GEMM = 0;
+export const KIND_MAP = 1;
 /** First job-parameter word; the parameters are listed in `JOB_FIELDS` order. */
 export const CTRL_P = 16;
 export const CTRL_WORDS = 64;
@@ -62,6 +71,16 @@ export const JOB_FIELDS = [
 export type JobField = (typeof JOB_FIELDS)[number];
 export type Job = Record<JobField, number>;
 
+/**
+ * Map-job parameters: kernel `id`, `nvec` vectors in all, `per` vectors per task, `nIn` inputs and
+ * `nOut` outputs; then per input a byte address and a byte step per vector (16, or 0 for a value
+ * read everywhere), then per output a byte address (step 16). Task t runs vectors
+ * [t·per, min(nvec, (t + 1)·per)).
+ */
+export const MAP_FIELDS = ["id", "nvec", "per", "nIn", "nOut"] as const;
+/** Control words left for a map job's operands (2 per input, 1 per output). */
+export const MAP_OPERAND_WORDS = 64 - 16 - MAP_FIELDS.length;
+
 const field = (name: JobField): number => CTRL_P + JOB_FIELDS.indexOf(name);
 const f = (name: JobField): string => `c[${field(name)}]`;
 
@@ -73,6 +92,20 @@ const f = (name: JobField): string => `c[${field(name)}]`;
  * packing its MC x kc block of A and running the Wasm macro kernel over its C block.
  */
 export const RUNNER_SOURCE = `
+function runMapTask(c, kernelFor, t) {
+  const P = ${CTRL_P};
+  const nvec = c[P + 1], per = c[P + 2], nIn = c[P + 3], nOut = c[P + 4];
+  const v0 = t * per, n = Math.min(nvec, v0 + per) - v0;
+  if (n <= 0) return;
+  const fn = kernelFor(c[P]);
+  const args = [n];
+  for (let i = 0; i < nIn; i++) {
+    const step = c[P + 6 + 2 * i];
+    args.push(c[P + 5 + 2 * i] + v0 * step, step);
+  }
+  for (let j = 0; j < nOut; j++) args.push(c[P + 5 + 2 * nIn + j] + v0 * 16);
+  fn(...args);
+}
 function runTask(c, ex, tid, t) {
   const f64 = ${f("f64")} === 1, eb = f64 ? 8 : 4;
   const M = ${f("m")}, N = ${f("n")}, K = ${f("k")}, nb = ${f("nb")}, bpt = ${f("bpt")};
@@ -122,21 +155,24 @@ function runTask(c, ex, tid, t) {
     }
   }
 }
-function runJob(c, ex, tid) {
+function runJob(c, ex, tid, kernelFor) {
   let ran = 0;
   for (;;) {
     const w = Atomics.load(c, ${CTRL_W});
     const remaining = w & ${MAX_TASKS};
     if (remaining === 0 || tid >= Atomics.load(c, ${CTRL_THREADS})) return ran;
     if (Atomics.compareExchange(c, ${CTRL_W}, w, w - 1) !== w) continue;
+    // Read after the claim: a claim succeeds only on the published job, whose words are then fixed.
     const total = c[${CTRL_NTASKS}];
+    const map = c[${CTRL_KIND}] === ${KIND_MAP};
     const t = remaining - 1;
     try {
-      runTask(c, ex, tid, t);
+      if (map) runMapTask(c, kernelFor, t);
+      else runTask(c, ex, tid, t);
     } catch (e) {
       Atomics.store(c, ${CTRL_FAILED}, 1);
     }
-    if (t >= ${f("nCompute")}) Atomics.add(c, ${CTRL_PACKED}, 1);
+    if (!map && t >= ${f("nCompute")}) Atomics.add(c, ${CTRL_PACKED}, 1);
     ran++;
     if (tid !== 0) Atomics.add(c, ${CTRL_WORKER_TASKS}, 1);
     if (Atomics.add(c, ${CTRL_DONE}, 1) + 1 === total) Atomics.notify(c, ${CTRL_DONE});
@@ -148,14 +184,29 @@ function runJob(c, ex, tid) {
 export function workerSource(spin: number): string {
   return `
 "use strict";
-const { workerData } = require("node:worker_threads");
-const { module, memory, tid } = workerData;
+const { workerData, receiveMessageOnPort } = require("node:worker_threads");
+const { module, memory, tid, port } = workerData;
 const ex = new WebAssembly.Instance(module, { env: { memory } }).exports;
 const c = new Int32Array(memory.buffer, 0, ${CTRL_WORDS});
+const kernels = new Map();
+const mathImports = { sin: Math.sin, cos: Math.cos };
+function kernelFor(id) {
+  // The module was posted before the job was published: it is in the port's queue.
+  for (let tries = 0; !kernels.has(id); tries++) {
+    const m = receiveMessageOnPort(port);
+    if (m === undefined) {
+      if (tries > 1000000) throw new Error("map kernel " + id + " never arrived");
+      continue;
+    }
+    const inst = new WebAssembly.Instance(m.message.module, { env: { memory }, m: mathImports });
+    kernels.set(m.message.id, inst.exports.kernel);
+  }
+  return kernels.get(id);
+}
 ${RUNNER_SOURCE}
 for (;;) {
   if (Atomics.load(c, ${CTRL_QUIT}) !== 0) break;
-  runJob(c, ex, tid);
+  runJob(c, ex, tid, kernelFor);
   const w = Atomics.load(c, ${CTRL_W});
   if ((w & ${MAX_TASKS}) !== 0) continue;
   for (let i = 0; i < ${spin} && Atomics.load(c, ${CTRL_W}) === w; i++);
@@ -167,7 +218,7 @@ for (;;) {
 
 /** The runner's functions for the main thread. */
 export function mainRunner(): {
-  runJob: (c: Int32Array, ex: object, tid: number) => number;
+  runJob: (c: Int32Array, ex: object, tid: number, kernelFor: (id: number) => unknown) => number;
 } {
   return new Function(`${RUNNER_SOURCE}\nreturn { runJob };`)() as never;
 }

@@ -25,13 +25,14 @@
  */
 import { availableParallelism } from "node:os";
 import { debuglog } from "node:util";
-import { Worker } from "node:worker_threads";
+import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
 import { wasmApi, type WasmMemory, type WasmModule } from "./wasm-api.js";
 import { Arena } from "./arena.js";
 import { gemmModuleBytes, relaxedSimdAvailable, type GemmExports, type TileShape } from "./gemm-kernels.js";
 import {
-  CTRL_AREADY, CTRL_DONE, CTRL_FAILED, CTRL_NTASKS, CTRL_P, CTRL_PACKED, CTRL_QUIT, CTRL_THREADS, CTRL_W,
-  CTRL_WORDS, GEN_MASK, JOB_FIELDS, mainRunner, MAX_TASKS, workerSource, type Job,
+  CTRL_AREADY, CTRL_DONE, CTRL_FAILED, CTRL_KIND, CTRL_NTASKS, CTRL_P, CTRL_PACKED, CTRL_QUIT, CTRL_THREADS, CTRL_W,
+  CTRL_WORDS, GEN_MASK, JOB_FIELDS, KIND_GEMM, KIND_MAP, mainRunner, MAP_FIELDS, MAP_OPERAND_WORDS, MAX_TASKS,
+  workerSource, type Job,
 } from "./job-runner.js";
 
 const debug = debuglog("webgrad");
@@ -103,7 +104,12 @@ export class WasmRuntime {
   threads: number;
   #workers: Worker[] = [];
   #gen = 0;
-  #runJob: (c: Int32Array, ex: object, tid: number) => number;
+  #runJob: (c: Int32Array, ex: object, tid: number, kernelFor: (id: number) => unknown) => number;
+  /** Each worker's end of its module channel (map kernels are posted there). */
+  #ports: MessagePort[] = [];
+  /** Registered map kernels: the module (for workers) and the main thread's instance's function. */
+  #mapKernels: { module: WasmModule; fn: (...args: number[]) => void }[] = [];
+  readonly #kernelFor = (id: number): unknown => this.#mapKernels[id]?.fn;
   #closed = false;
   /**
    * Straggler detection (the cheap fix for oversubscribed machines): a moving average of the share of
@@ -236,7 +242,15 @@ export class WasmRuntime {
     const src = workerSource(WORKER_SPIN);
     for (let tid = this.#workers.length + 1; tid < this.threads; tid++) {
       try {
-        const w = new Worker(src, { eval: true, workerData: { module: this.module, memory: this.memory, tid } });
+        const { port1, port2 } = new MessageChannel();
+        const w = new Worker(src, {
+          eval: true,
+          workerData: { module: this.module, memory: this.memory, tid, port: port2 },
+          transferList: [port2 as never],
+        });
+        port1.unref();
+        this.#mapKernels.forEach(({ module }, id) => port1.postMessage({ id, module }));
+        this.#ports.push(port1);
         w.unref();
         w.on("error", (e) => debug("cpu wasm worker %d failed: %s", tid, String(e)));
         this.#workers.push(w);
@@ -249,15 +263,65 @@ export class WasmRuntime {
   }
 
   /**
-   * Runs a job on `threads` threads (the main thread and workers 1..threads-1): writes its parameters,
-   * publishes `tasks` tasks, runs `prepare` (copying A in while the workers start on B), takes part, and
-   * waits for all tasks (with `mainTakesPart` false, a testing aid, the workers run every task).
-   * Returns false when a task failed.
+   * Runs a product on `threads` threads (the main thread and workers 1..threads-1): writes its
+   * parameters, publishes `tasks` tasks, runs `prepare` (copying A in while the workers start on B),
+   * takes part, and waits for all tasks (with `mainTakesPart` false, a testing aid, the workers run
+   * every task). Returns false when a task failed.
    */
   run(job: Job, tasks: number, threads: number, prepare: () => void, mainTakesPart = true): boolean {
-    if (tasks < 1 || tasks > MAX_TASKS) throw new RangeError(`cpu wasm: 1..${MAX_TASKS} tasks, got ${tasks}`);
     const c = this.ctrl;
     for (let i = 0; i < JOB_FIELDS.length; i++) c[CTRL_P + i] = job[JOB_FIELDS[i]!] | 0;
+    return this.#execute(KIND_GEMM, tasks, threads, prepare, mainTakesPart, true);
+  }
+
+  /**
+   * Registers a map kernel (an elementwise kernel of fused.ts: `kernel(n, in0, step0, ..., out0, ...)`
+   * over n vectors) for `runMap`; returns its id. Workers get the module now or when they start.
+   */
+  registerMapKernel(module: WasmModule, fn: (...args: number[]) => void): number {
+    const id = this.#mapKernels.length;
+    this.#mapKernels.push({ module, fn });
+    for (const port of this.#ports) port.postMessage({ id, module });
+    return id;
+  }
+
+  /** Whether a map job can carry `nIn` inputs and `nOut` outputs. */
+  mapFits(nIn: number, nOut: number): boolean {
+    return 2 * nIn + nOut <= MAP_OPERAND_WORDS;
+  }
+
+  /**
+   * Runs map kernel `id` over `nvec` vectors on `threads` threads, in tasks of `per` vectors: `inputs`
+   * as [byte address, byte step per vector] pairs, `outputs` as byte addresses (step 16). Returns false
+   * when a task failed (nothing is known about the outputs then). `mainTakesPart` as for `run`.
+   */
+  runMap(
+    id: number, nvec: number, per: number, inputs: readonly (readonly [number, number])[], outputs: readonly number[],
+    threads: number, mainTakesPart = true,
+  ): boolean {
+    if (!this.mapFits(inputs.length, outputs.length)) throw new RangeError(`cpu wasm: a map job with at most ${MAP_OPERAND_WORDS} operand words`);
+    const c = this.ctrl;
+    const P = CTRL_P;
+    c[P] = id;
+    c[P + 1] = nvec;
+    c[P + 2] = per;
+    c[P + 3] = inputs.length;
+    c[P + 4] = outputs.length;
+    let w = P + MAP_FIELDS.length;
+    for (const [addr, step] of inputs) {
+      c[w++] = addr;
+      c[w++] = step;
+    }
+    for (const addr of outputs) c[w++] = addr;
+    const tasks = Math.ceil(nvec / per);
+    return this.#execute(KIND_MAP, tasks, threads, () => {}, mainTakesPart, false);
+  }
+
+  /** Publishes the job whose parameters are written, takes part, waits; see `run`. */
+  #execute(kind: number, tasks: number, threads: number, prepare: () => void, mainTakesPart: boolean, adapt: boolean): boolean {
+    if (tasks < 1 || tasks > MAX_TASKS) throw new RangeError(`cpu wasm: 1..${MAX_TASKS} tasks, got ${tasks}`);
+    const c = this.ctrl;
+    c[CTRL_KIND] = kind;
     c[CTRL_NTASKS] = tasks;
     Atomics.store(c, CTRL_DONE, 0);
     Atomics.store(c, CTRL_PACKED, 0);
@@ -277,7 +341,7 @@ export class WasmRuntime {
     }
     Atomics.store(c, CTRL_AREADY, 1);
     const t0 = performance.now();
-    if (mainTakesPart || threads < 2 || this.#workers.length === 0) this.#runJob(c, this.ex, 0);
+    if (mainTakesPart || threads < 2 || this.#workers.length === 0) this.#runJob(c, this.ex, 0, this.#kernelFor);
     const t1 = performance.now();
     for (let i = 0; Atomics.load(c, CTRL_DONE) !== tasks; i++) {
       if (i > MAIN_SPIN) {
@@ -285,7 +349,7 @@ export class WasmRuntime {
         if (done !== tasks) Atomics.wait(c, CTRL_DONE, done, 50);
       }
     }
-    if (threads > 1 && mainTakesPart && tasks > 1) {
+    if (adapt && threads > 1 && mainTakesPart && tasks > 1) {
       const t2 = performance.now();
       const share = t2 > t0 ? (t2 - t1) / (t2 - t0) : 0;
       this.#straggle = 0.5 * this.#straggle + 0.5 * share;
@@ -307,6 +371,8 @@ export class WasmRuntime {
     Atomics.notify(c, CTRL_W);
     const workers = this.#workers;
     this.#workers = [];
+    for (const port of this.#ports) port.close();
+    this.#ports = [];
     await Promise.all(workers.map((w) => w.terminate()));
     Atomics.store(c, CTRL_QUIT, 0);
   }
