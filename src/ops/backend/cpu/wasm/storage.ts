@@ -35,6 +35,8 @@ interface Block {
 type Ctor = new (buffer: SharedArrayBuffer, byteOffset: number, length: number) => AnyTypedArray;
 
 const blocks = new WeakMap<AnyTypedArray, Block>();
+/** The runtime memory's buffer objects handed out so far (a new one after each grow). */
+const memoryBuffers = new WeakSet<ArrayBufferLike>();
 const registry = new FinalizationRegistry<Block>((b) => {
   if (!b.live) return;
   freeBlock(b);
@@ -96,7 +98,9 @@ export function allocateResident(ctor: Ctor & { BYTES_PER_ELEMENT: number }, len
     residentStats.fallbacks++;
     return null;
   }
-  const data = new ctor(rt.memory.buffer as SharedArrayBuffer, addr, length);
+  const sab = rt.memory.buffer as SharedArrayBuffer;
+  memoryBuffers.add(sab);
+  const data = new ctor(sab, addr, length);
   if (zero) data.fill(0);
   const block: Block = { addr, bytes, refs: 0, live: true };
   blocks.set(data, block);
@@ -131,9 +135,20 @@ export function releaseStorage(data: AnyTypedArray): void {
   residentStats.freedByRelease++;
 }
 
-/** The byte address of `data`'s first element in the runtime memory, or -1 when it is not resident. */
+/**
+ * The byte address of `data`'s first element in the runtime memory, or -1 when it is not there. Any
+ * view of resident storage counts (a subarray, a typed view of another element type on the same
+ * bytes), as do blocks from `allocateResidentBytes`.
+ */
 export function residentAddress(data: AnyTypedArray): number {
-  if (data.byteLength < ARENA_MIN_BYTES) return -1;
-  const b = blocks.get(data);
-  return b !== undefined && b.live ? b.addr : -1;
+  return memoryBuffers.has(data.buffer) ? data.byteOffset : -1;
+}
+
+/**
+ * `bytes` bytes of the arena for a caller that holds them privately (the jit's intermediate buffers):
+ * a Uint8Array over the block, freed when the collector reclaims that Uint8Array (keep it referenced
+ * while any view of its bytes is in use), or null when storage cannot be resident.
+ */
+export function allocateResidentBytes(bytes: number): Uint8Array | null {
+  return allocateResident(Uint8Array as unknown as Ctor & { BYTES_PER_ELEMENT: number }, bytes, false) as Uint8Array | null;
 }
