@@ -26,6 +26,7 @@ import { shapeEq, shapeSize, type DType, type Shape } from "../../autodiff/aval.
 import type { DotDims, ReduceOp } from "../backend/kernel.js";
 import { contiguousStrides, mergedStride } from "../backend/strides.js";
 import { applyView, contiguousLayout, GNode, Graph, isElementwise, Layout, layoutKey, sameLayout, ViewOp } from "./graph.js";
+import { inPlaceSafe, kernelReads, kernelWrites, type InPlaceSafe } from "./memory-plan.js";
 import type { ScalarNode, ScalarProgram } from "./scalar-program.js";
 
 // ---------------------------------------------------------------------------------------------------
@@ -160,6 +161,35 @@ export interface FusionOptions {
   readonly merge?: boolean;
   /** Storage buffers a kernel may bind, its parameter block included (the adapter's limit). */
   readonly maxBuffers?: number;
+  /**
+   * Whether large float32 dot operands whose layout is valid but not vec4-friendly (columns not
+   * contiguous, rows not 4-aligned) are repacked by a copy kernel first (default true). The WebGPU
+   * target wants it (its matmul loads vec4); the CPU target does not (its packed GEMM copies operand
+   * panels itself, so a repack only adds a pass over memory). Operands whose layout cannot be read
+   * with [batch, rows, cols] strides are always copied.
+   */
+  readonly repackDots?: boolean;
+  /**
+   * Per graph input index: whether its buffer is donated (`jit(f, { donateArgnums })`). Kernels writing
+   * an output that can take a donated input's buffer are ordered after the input's other readers, and
+   * a reader of the input through a view is not merged into such a writer. Absent: every input is
+   * treated as possibly donated for the ordering of its updates (kernels that read it at the element
+   * they write an output of its size; an order that frees the input's other readers first costs no
+   * memory: the output is allocated later by as much as the writer's operands are kept longer), and no
+   * merge is refused.
+   */
+  readonly donated?: readonly boolean[];
+  /** The target's rule for writing a donated input's buffer in the kernel making its last read (default: the strict one, memory-plan.ts). */
+  readonly inPlaceSafe?: InPlaceSafe;
+}
+
+/** What the planner knows about donation (from `FusionOptions`). */
+interface DonationOpts {
+  /** Whether graph input `index` may be donated. */
+  readonly donor: (index: number) => boolean;
+  /** Whether merges that spoil a donation are refused (donation known, not assumed). */
+  readonly known: boolean;
+  readonly safe: InPlaceSafe;
 }
 
 /**
@@ -170,16 +200,22 @@ export interface FusionOptions {
  */
 export function planFusion(graph: Graph, opts: FusionOptions = {}): FusionPlan {
   prepareOutputs(graph);
-  prepareDots(graph);
+  prepareDots(graph, opts.repackDots !== false);
   prepareOpaque(graph);
   const forced = new Set<number>();
   const noJoin = new Set<number>();
   let fallback = opts.fuse === false;
   let merge = opts.merge !== false;
   const maxBuffers = opts.maxBuffers ?? 8;
+  const donated = opts.donated;
+  const donation: DonationOpts = {
+    donor: donated ? (i) => donated[i] === true : () => true,
+    known: donated !== undefined,
+    safe: opts.inPlaceSafe ?? inPlaceSafe,
+  };
   for (let attempt = 0; ; attempt++) {
     try {
-      return tryPlan(graph, forced, noJoin, fallback, merge, maxBuffers);
+      return tryPlan(graph, forced, noJoin, fallback, merge, maxBuffers, donation);
     } catch (e) {
       if (!(e instanceof Replan) || attempt > 200) throw e;
       const f = e.fix;
@@ -263,11 +299,11 @@ export function matStrides(l: Layout, groups: [number[], number[], number[]]): [
 }
 
 /**
- * Dot operands must be plain buffers read with [batch, rows, cols] strides; large float products want
- * columns contiguous and rows 4-aligned (vec4 loads). Otherwise insert transpose(copy(transpose(x)))
- * so the copy lays the operand out as [batch, rows, cols].
+ * Dot operands must be plain buffers read with [batch, rows, cols] strides; with `repack`, large float
+ * products also want columns contiguous and rows 4-aligned (vec4 loads). Otherwise insert
+ * transpose(copy(transpose(x))) so the copy lays the operand out as [batch, rows, cols].
  */
-function prepareDots(g: Graph): void {
+function prepareDots(g: Graph, repack: boolean): void {
   // transpose(dot(a, b)) that swaps the free dims is dot(b, a): compute it in the wanted layout.
   const users = g.users();
   for (const n of [...g.nodes]) {
@@ -307,7 +343,7 @@ function prepareDots(g: Graph): void {
       ];
       const big = n.dtype === "float32" && M * N * K >= 64 * 64 * 64 && M >= 4 && N >= 4;
       const vecOk = st !== null && st[2] === 1 && st[1] % 4 === 0 && st[0] % 4 === 0 && layout!.offset % 4 === 0;
-      if (st !== null && (vecOk || !big || cols % 4 !== 0)) return;
+      if (st !== null && (!repack || vecOk || !big || cols % 4 !== 0)) return;
       // Repack: copy the operand in [batch, rows, cols] order, then view it back in its own axis order.
       const perm = [...groups[0], ...groups[1], ...groups[2]];
       const inv: number[] = [];
@@ -327,6 +363,7 @@ function tryPlan(
   fallback: boolean,
   merge: boolean,
   maxBuffers: number,
+  donation: DonationOpts,
 ): FusionPlan {
   const order = graph.topo();
   const pos = new Map<number, number>();
@@ -490,6 +527,54 @@ function tryPlan(
     }
   }
 
+  /**
+   * How group `g` reads node `x`: not at all, only directly (elementwise at the position it computes,
+   * or as a reduction's operand), or otherwise (through views, as a matmul operand).
+   */
+  const readKind = (g: Group, x: number): "none" | "direct" | "other" => {
+    let kind: "none" | "direct" | "other" = "none";
+    const seen = new Set<string>();
+    const walk = (id: number, via: boolean, operand: boolean) => {
+      if (id === x) {
+        if (via || operand) kind = "other";
+        else if (kind === "none") kind = "direct";
+        return;
+      }
+      const n = graph.node(id);
+      const key = `${id}:${via}:${operand}`;
+      if (g.members.has(id) || seen.has(key)) return;
+      seen.add(key);
+      if (n.op.kind === "view") for (const i of n.inputs) walk(i, true, operand);
+      else if (inlined.has(id)) for (const i of n.inputs) walk(i, via, operand);
+    };
+    for (const mId of g.members) {
+      const mn = graph.node(mId);
+      for (const i of mn.inputs) walk(i, false, mn.op.kind === "dot");
+    }
+    return kind;
+  };
+  /** Donation candidates: per donated input node, the outputs of its dtype and size. */
+  const candidates = new Map<number, Set<number>>();
+  if (donation.known) {
+    for (const n of graph.nodes) {
+      if (n.op.kind !== "input" || !donation.donor(n.op.index) || shapeSize(n.shape) === 0) continue;
+      const os = graph.outputs.filter((o) => graph.node(o).dtype === n.dtype && shapeSize(graph.node(o).shape) === shapeSize(n.shape));
+      if (os.length > 0) candidates.set(n.id, new Set(os));
+    }
+  }
+  /**
+   * Whether merging `b` into a kernel with `a` would stop an output of `a` from taking a donated input's
+   * buffer in place: `a` writes an output that could take input x's buffer and reads x (if at all) only
+   * directly, `b` reads x otherwise (the repacking copy of a weight merged into its update's kernel).
+   */
+  const spoilsDonation = (a: Group, b: Group): boolean => {
+    for (const [x, os] of candidates) {
+      if (!a.roots.some((r) => os.has(r))) continue;
+      if (readKind(a, x) !== "other" && readKind(b, x) === "other") return true;
+    }
+    return false;
+  };
+
   // Multi-output fusion: a map kernel joins a kernel of the same iteration space that it reads from
   // (or that reads the same buffers), when that creates no cycle and stays within the buffer limit.
   if (merge && !fallback) {
@@ -527,6 +612,7 @@ function tryPlan(
           const pReads = groupReads(p);
           if (!direct && ![...mReads].some((r) => pReads.has(r))) continue;
           if (reaches(m, p, true) || reaches(p, m, true)) continue;
+          if (donation.known && (spoilsDonation(m, p) || spoilsDonation(p, m))) continue;
           const reads = new Set([...mReads, ...pReads]);
           for (const x of [...p.members, ...m.members]) reads.delete(x);
           if (reads.size + p.roots.length + m.roots.length + 1 > maxBuffers) continue;
@@ -586,35 +672,127 @@ function tryPlan(
   }
 
   // Order the kernels by their dependencies; a cycle means a bad fusion: plan again more carefully.
+  // Depth first from the kernels in program order, each one right after what it reads (short
+  // liveness for the memory plan); `extra` adds ordering edges (donation) on top of the data ones.
   const deps = computeDeps();
-  const sorted: Group[] = [];
-  const state = new Map<Group, number>();
-  let cyclic = false;
-  const visit = (g: Group) => {
-    const s = state.get(g);
-    if (s === 2) return;
-    if (s === 1) {
-      cyclic = true;
-      return;
-    }
-    state.set(g, 1);
-    for (const d of deps.get(g)!) visit(d);
-    state.set(g, 2);
-    sorted.push(g);
+  const schedule = (extra?: ReadonlyMap<Group, ReadonlySet<Group>>): Group[] | null => {
+    const sorted: Group[] = [];
+    const state = new Map<Group, number>();
+    let cyclic = false;
+    const visit = (g: Group) => {
+      const s = state.get(g);
+      if (s === 2) return;
+      if (s === 1) {
+        cyclic = true;
+        return;
+      }
+      state.set(g, 1);
+      for (const d of deps.get(g)!) visit(d);
+      for (const d of extra?.get(g) ?? []) visit(d);
+      state.set(g, 2);
+      sorted.push(g);
+    };
+    for (const g of [...live].reverse()) visit(g);
+    return cyclic ? null : sorted;
   };
-  for (const g of [...live].reverse()) visit(g);
-  if (cyclic) throw new Replan(live.some((g) => g.merged) ? { noMerge: true } : { fallback: true });
+  const sorted = schedule();
+  if (sorted === null) throw new Replan(live.some((g) => g.merged) ? { noMerge: true } : { fallback: true });
 
   const ctx: BuildCtx = { graph, groupOf, inlined, materialized, pos };
-  const kernels = sorted.map((g) => {
+  const kernelOf = new Map<Group, Kernel>();
+  for (const g of sorted) {
     try {
-      return buildKernel(ctx, g);
+      kernelOf.set(g, buildKernel(ctx, g));
     } catch (e) {
       if (e instanceof Replan && g.merged) throw new Replan({ noMerge: true });
       throw e;
     }
-  });
-  return { graph, kernels, materialized };
+  }
+  const extra = donationEdges(graph, sorted, kernelOf, deps, donation);
+  const scheduled = extra.size > 0 ? schedule(extra) : sorted;
+  if (scheduled === null) throw new Error("planFusion: donation edges made a cycle (webgrad bug)");
+  return { graph, kernels: scheduled.map((g) => kernelOf.get(g)!), materialized };
+}
+
+/**
+ * Ordering edges for donation: inputs that may be donated are paired with outputs that could take
+ * their buffers as `planDonation` (memory-plan.ts) pairs them (updates first, then any output; in
+ * input order, then output order), and the kernel writing each paired output is made to run after
+ * every other kernel reading the input, when none of those depends on the writer. Donation then
+ * applies whatever the program order: an SGD update computed before a backward matmul that still
+ * reads the old parameter no longer blocks the in-place write. Returns writer -> the readers it must
+ * follow. With the donation unknown only updates are paired (a non-donated input's pairing must not
+ * block a real one).
+ */
+function donationEdges(
+  graph: Graph,
+  groups: readonly Group[],
+  kernelOf: ReadonlyMap<Group, Kernel>,
+  deps: ReadonlyMap<Group, ReadonlySet<Group>>,
+  donation: DonationOpts,
+): Map<Group, Set<Group>> {
+  const extra = new Map<Group, Set<Group>>();
+  const donors = graph.nodes.filter((n) => n.op.kind === "input" && donation.donor(n.op.index) && shapeSize(n.shape) > 0);
+  if (donors.length === 0) return extra;
+  const writer = new Map<number, Group>();
+  const readers = new Map<number, Group[]>();
+  for (const g of groups) {
+    const k = kernelOf.get(g)!;
+    for (const r of kernelWrites(k)) writer.set(r, g);
+    for (const r of kernelReads(k)) {
+      let list = readers.get(r);
+      if (!list) readers.set(r, (list = []));
+      list.push(g);
+    }
+  }
+  // Reverse edges (data and extra): who must run after each kernel.
+  const after = new Map<Group, Set<Group>>(groups.map((g) => [g, new Set<Group>()]));
+  for (const g of groups) for (const d of deps.get(g) ?? []) after.get(d)?.add(g);
+  /** Whether any of `rs` depends (transitively, data or extra edges) on `w`. */
+  const anyDependsOn = (rs: readonly Group[], w: Group): boolean => {
+    if (rs.length === 0) return false;
+    const targets = new Set(rs);
+    const stack = [...after.get(w)!];
+    const seen = new Set<Group>();
+    while (stack.length) {
+      const x = stack.pop()!;
+      if (targets.has(x)) return true;
+      if (seen.has(x)) continue;
+      seen.add(x);
+      for (const y of after.get(x) ?? []) stack.push(y);
+    }
+    return false;
+  };
+  const taken = new Set<number>();
+  const paired = new Set<number>();
+  for (const updatesOnly of donation.known ? [true, false] : [true]) {
+    for (const x of donors) {
+      if (paired.has(x.id)) continue;
+      const rs = readers.get(x.id) ?? [];
+      for (const o of graph.outputs) {
+        const on = graph.node(o);
+        const w = writer.get(o);
+        if (taken.has(o) || w === undefined || on.dtype !== x.dtype || shapeSize(on.shape) !== shapeSize(x.shape)) continue;
+        const k = kernelOf.get(w)!;
+        const reads = rs.includes(w);
+        // an update (memory-plan.ts `isUpdate`): w reads x, only at the element it writes
+        if (updatesOnly ? !reads || !inPlaceSafe(k, x.id, o) || !donation.safe(k, x.id, o) : reads && !donation.safe(k, x.id, o)) continue;
+        const others = rs.filter((r) => r !== w);
+        if (anyDependsOn(others, w)) continue;
+        taken.add(o);
+        paired.add(x.id);
+        if (others.length === 0) break;
+        let list = extra.get(w);
+        if (!list) extra.set(w, (list = new Set()));
+        for (const r of others) {
+          list.add(r);
+          after.get(r)!.add(w);
+        }
+        break;
+      }
+    }
+  }
+  return extra;
 }
 
 /** Whether `y` is `x` or one of its inputs within `members` (transitively). */

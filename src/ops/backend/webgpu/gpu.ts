@@ -60,7 +60,13 @@ export async function getGpu(): Promise<GPU | null> {
     if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
   }
   try {
-    dawnInstance = mod.create([]);
+    // Dawn rounds timestamp queries to 2^16 ns by default (a browser fingerprinting guard); profiling
+    // under Node wants them exact (profileJit, WEBGRAD_DEBUG=2).
+    try {
+      dawnInstance = mod.create(["disable-dawn-features=timestamp_quantization"]);
+    } catch {
+      dawnInstance = mod.create([]); // a Dawn that does not know the toggle
+    }
   } catch (e) {
     lastFailure = `Dawn failed to start (${(e as Error).message})`;
     return null;

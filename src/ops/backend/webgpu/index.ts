@@ -11,11 +11,11 @@ import "../../devices.js"; // the CPU device registers first, so it stays the de
 import { registerDevice, unregisterDevice, type Device } from "../../array.js";
 import { WebGpuBackend } from "./backend.js";
 import { describeAdapter, getGpu, gpuFailureReason, setGpuFailure, type AdapterInfo } from "./gpu.js";
-import { Runtime, type RuntimeOptions } from "./runtime.js";
+import { Runtime, timestampsWanted, type RuntimeOptions } from "./runtime.js";
 
 export { WebGpuBackend, GpuHandle } from "./backend.js";
 export type { AdapterInfo } from "./gpu.js";
-export type { RuntimeOptions, RuntimeStats } from "./runtime.js";
+export type { RuntimeOptions, RuntimeStats, KernelTiming } from "./runtime.js";
 
 export interface InitWebGpuOptions extends RuntimeOptions {
   /** Adapter preference passed to requestAdapter. */
@@ -76,9 +76,14 @@ export async function createWebGpuBackend(
   }
   const requiredLimits: Record<string, number> = {};
   for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
+  // GPU timestamps for profileJit / WEBGRAD_DEBUG=2, when the adapter offers them (never required).
+  const requiredFeatures: GPUFeatureName[] = adapter.features.has("timestamp-query") && timestampsWanted(opts) ? ["timestamp-query"] : [];
   let gpuDevice: GPUDevice;
   try {
-    gpuDevice = await adapter.requestDevice({ requiredLimits });
+    gpuDevice = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch((e: unknown) => {
+      if (requiredFeatures.length === 0) throw e;
+      return adapter.requestDevice({ requiredLimits }); // a feature the adapter listed but would not give
+    });
   } catch (e) {
     setGpuFailure(`requestDevice failed: ${(e as Error).message}`);
     return null;

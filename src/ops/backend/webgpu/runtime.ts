@@ -16,6 +16,10 @@
  *   is being encoded may be reused by later dispatches of the same batch (commands run in order) but not
  *   as the target of a queue.writeBuffer (which would run before the batch), so it waits in
  *   `freeInBatch` until the submit.
+ * - Timing (profileJit, WEBGRAD_DEBUG=2): when the device has the `timestamp-query` feature, a
+ *   profiled call marks each kernel (`markKernel`); every compute pass opened for it gets timestamp
+ *   writes at its begin and end, all in the call's one command buffer; `endProfile` resolves the query
+ *   set into a buffer, reads it back and returns GPU nanoseconds per marked kernel.
  * - Faults: every batch runs inside validation and out-of-memory error scopes, and every new shader's
  *   compilation info is checked. Any error (and device loss) is recorded as a BackendError that makes
  *   reads reject and every later operation throw: results of a faulty batch are garbage, and no wrong
@@ -40,7 +44,29 @@ export interface RuntimeOptions {
    * environment variable WEBGRAD_CHECK_KERNEL_KEYS=1.
    */
   checkKernelKeys?: boolean;
+  /**
+   * Time profiled kernels with GPU timestamp queries when the device has the feature (default true;
+   * the environment variable WEBGRAD_TIMESTAMPS=0 turns it off). Off: profiling falls back to host
+   * timing, one submit per kernel. Also settable later (`Runtime.useTimestamps`).
+   */
+  timestampQueries?: boolean;
 }
+
+/** GPU time of one profiled kernel. */
+export interface KernelTiming {
+  readonly label: string;
+  /** Σ over the kernel's compute passes of (end − begin) timestamps, in nanoseconds. */
+  readonly ns: number;
+}
+
+/** Whether timestamp queries are wanted (options, then WEBGRAD_TIMESTAMPS). */
+export function timestampsWanted(opts: RuntimeOptions = {}): boolean {
+  if (opts.timestampQueries !== undefined) return opts.timestampQueries;
+  return !(typeof process !== "undefined" && process.env?.WEBGRAD_TIMESTAMPS === "0");
+}
+
+/** Queries per profile (begin and end of each timed pass); passes beyond it are not timed. */
+const MAX_QUERIES = 4096;
 
 /** A kernel: a cache key and the WGSL source (generated only on a cache miss). */
 export interface Kernel {
@@ -121,6 +147,14 @@ export class Runtime {
   private submits = 0;
   private dispatches = 0;
 
+  /** The device has `timestamp-query` (requested by createWebGpuBackend when the adapter offers it). */
+  readonly hasTimestamps: boolean;
+  /** Profiles use timestamps (hasTimestamps and wanted); false: host timing. */
+  useTimestamps: boolean;
+  private querySet: GPUQuerySet | null = null;
+  /** The profile being recorded: kernel labels, and per timed pass its kernel and first query. */
+  private profiling: { labels: string[]; passes: { kernel: number; query: number }[]; current: number; truncated: boolean } | null = null;
+
   /** The first fault (validation / OOM / compile error, device loss); sticky. */
   fault: BackendError | null = null;
   /** Set when the device was lost; the reason names it. */
@@ -135,6 +169,8 @@ export class Runtime {
     this.checkKeys =
       opts.checkKernelKeys ?? (typeof process !== "undefined" && process.env?.WEBGRAD_CHECK_KERNEL_KEYS === "1");
     this.paramAlign = Math.max(4, this.limits.minStorageBufferOffsetAlignment / 4);
+    this.hasTimestamps = device.features.has("timestamp-query");
+    this.useTimestamps = this.hasTimestamps && timestampsWanted(opts);
     this.arena = new Uint32Array(64 * 1024);
     this.arenaBuffer = device.createBuffer({ size: this.arena.byteLength, usage: PARAMS_USAGE });
     void device.lost.then((info) => {
@@ -175,7 +211,20 @@ export class Runtime {
   }
 
   private getPass(): GPUComputePassEncoder {
-    this.pass ??= this.getEncoder().beginComputePass();
+    if (this.pass) return this.pass;
+    const prof = this.profiling;
+    if (prof && prof.current >= 0 && this.querySet) {
+      const query = prof.passes.length * 2;
+      if (query + 2 <= MAX_QUERIES) {
+        prof.passes.push({ kernel: prof.current, query });
+        this.pass = this.getEncoder().beginComputePass({
+          timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: query, endOfPassWriteIndex: query + 1 },
+        });
+        return this.pass;
+      }
+      prof.truncated = true;
+    }
+    this.pass = this.getEncoder().beginComputePass();
     return this.pass;
   }
 
@@ -470,6 +519,70 @@ export class Runtime {
     if (list.length < 4) list.push(stage);
     else stage.destroy();
     return out;
+  }
+
+  // ---- timing ----
+
+  /**
+   * Starts recording a profile (timestamps must be in use): the work encoded until `endProfile`
+   * should stay in one command buffer (run it inside `encodeAll`).
+   */
+  beginProfile(): void {
+    this.check();
+    if (!this.useTimestamps) throw new BackendError(`${this.deviceId}: timestamp profiling without timestamp queries (webgrad bug)`);
+    this.querySet ??= this.device.createQuerySet({ type: "timestamp", count: MAX_QUERIES });
+    this.endPass();
+    this.profiling = { labels: [], passes: [], current: -1, truncated: false };
+  }
+
+  /** Whether a profile is being recorded (kernels then call `markKernel`). */
+  get profilingActive(): boolean {
+    return this.profiling !== null;
+  }
+
+  /**
+   * The work encoded from now on belongs to kernel `label` (null: to no kernel); a new compute pass
+   * starts, so passes never span two kernels.
+   */
+  markKernel(label: string | null): void {
+    const prof = this.profiling;
+    if (!prof) return;
+    this.endPass();
+    if (label === null) prof.current = -1;
+    else {
+      prof.current = prof.labels.length;
+      prof.labels.push(label);
+    }
+  }
+
+  /**
+   * Ends the profile: resolves the queries into a buffer, submits, reads them back and returns GPU
+   * time per marked kernel (0 for a kernel that dispatched nothing). `truncated`: more passes than
+   * the query set holds (the rest were not timed).
+   */
+  async endProfile(): Promise<{ kernels: KernelTiming[]; truncated: boolean }> {
+    const prof = this.profiling;
+    if (!prof) throw new BackendError(`${this.deviceId}: endProfile without beginProfile (webgrad bug)`);
+    this.endPass();
+    this.profiling = null;
+    const n = prof.passes.length * 2;
+    const ns = new Array<number>(prof.labels.length).fill(0);
+    if (n > 0) {
+      const bytes = n * 8;
+      const resolve = this.device.createBuffer({ size: bytes, usage: 0x0200 | 0x0004 }); // QUERY_RESOLVE | COPY_SRC
+      this.getEncoder().resolveQuerySet(this.querySet!, 0, n, resolve, 0);
+      try {
+        const raw = new BigUint64Array(await this.read(resolve, 0, bytes));
+        for (const { kernel, query } of prof.passes) {
+          const d = raw[query + 1]! - raw[query]!;
+          // Timestamps may be reset between passes on some drivers: a negative span counts as 0.
+          ns[kernel] += d > 0n ? Number(d) : 0;
+        }
+      } finally {
+        resolve.destroy();
+      }
+    } else await this.sync();
+    return { kernels: prof.labels.map((label, i) => ({ label, ns: ns[i]! })), truncated: prof.truncated };
   }
 
   /** Waits until all submitted work is done (benchmarks). */

@@ -26,13 +26,14 @@ import { BackendError } from "../../../../autodiff/errors.js";
 import type { Device } from "../../../array.js";
 import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.js";
 import { applyViewOp, contiguousLayout, sameLayout, type Layout, type ViewOp } from "../../../compile/graph.js";
-import type { MemoryPlan } from "../../../compile/memory-plan.js";
+import { planDonation, type Donation, type InPlaceSafe, type MemoryPlan } from "../../../compile/memory-plan.js";
 import { scalarProgramKey } from "../../../compile/scalar-program.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { AnyTypedArray, DotDims, ReduceOp } from "../../kernel.js";
-import { allocate, contiguousStrides, copyOut, CpuBuffer, isStorageShared } from "../buffer.js";
+import { allocate, allocateUninit, contiguousStrides, copyOut, CpuBuffer, isStorageShared } from "../buffer.js";
 import { cpuBackend, type CpuBackend } from "../index.js";
 import { compileScalarProgram, type FusedKernel, type StridedView } from "../wasm/fused.js";
+import { allocateResidentBytes, dropStorage } from "../wasm/storage.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Storage sharing (donation safety)
@@ -141,18 +142,20 @@ function bytesPerElement(dtype: DType): number {
   return dtype === "float64" ? 8 : dtype === "bool" ? 1 : 4;
 }
 
-function storageFor(dtype: DType, buf: ArrayBuffer, size: number): AnyTypedArray {
+function storageFor(dtype: DType, slot: Uint8Array, size: number): AnyTypedArray {
+  const buf = slot.buffer;
+  const at = slot.byteOffset;
   switch (dtype) {
     case "float32":
-      return new Float32Array(buf, 0, size);
+      return new Float32Array(buf, at, size);
     case "float64":
-      return new Float64Array(buf, 0, size);
+      return new Float64Array(buf, at, size);
     case "int32":
-      return new Int32Array(buf, 0, size);
+      return new Int32Array(buf, at, size);
     case "uint32":
-      return new Uint32Array(buf, 0, size);
+      return new Uint32Array(buf, at, size);
     case "bool":
-      return new Uint8Array(buf, 0, size);
+      return new Uint8Array(buf, at, size);
     default:
       throw new BackendError(`jit: a known dtype, got ${String(dtype satisfies never)}`);
   }
@@ -171,6 +174,10 @@ export class CpuSegment implements TargetSegment {
   readonly stats: SegmentStats;
   /** Output node -> the graph input node whose donated storage it may take. */
   readonly aliases = new Map<number, { readonly input: number; readonly node: number }>();
+  /** The planned donations (outputs that take a donated input's storage when the call allows it). */
+  donations: readonly Donation[] = [];
+  /** Outputs the last call wrote into donated storage (`donations` less those refused at run time). */
+  lastDonatedWrites = 0;
 
   /** Per node: storage and element offset of its C-order contents in the current call. */
   private readonly data: (AnyTypedArray | null)[];
@@ -179,7 +186,12 @@ export class CpuSegment implements TargetSegment {
   private readonly isOutput: Uint8Array;
   /** Per call: donated storage given to outputs. */
   private readonly outStorage: (AnyTypedArray | null)[];
-  private readonly slotBuffers: (ArrayBuffer | null)[];
+  /**
+   * The intermediate buffers, made on first use: resident (in the Wasm memory, so the kernels work on
+   * them in place) where the arena allows, else ordinary. Held here for the segment's lifetime: a
+   * resident block is returned when its Uint8Array is collected with the segment.
+   */
+  private readonly slotBuffers: (Uint8Array | null)[];
   /** Per intermediate node: its typed view of its slot (made on first use). */
   private readonly slotViews = new Map<number, AnyTypedArray>();
   private readonly constants = new Map<number, AnyTypedArray>();
@@ -321,40 +333,21 @@ export class CpuSegment implements TargetSegment {
   }
 
   /**
-   * Pairs donated inputs with outputs of the same dtype and size (as the WebGPU target): an output
-   * written after the input's last read may take its storage; one written by the kernel making that
-   * last read only when the kernel reads the input element by element at the position it writes.
+   * Pairs donated inputs with outputs of the same dtype and size (`planDonation`, memory-plan.ts, as the
+   * WebGPU target): an output written after the input's last read may take its storage; one written by
+   * the kernel making that last read only when the kernel reads the input element by element at the
+   * position it writes (`cpuInPlaceSafe`). Returns, per kernel, the pairs it writes in place.
    */
   private planDonation(donated: readonly boolean[]): Map<number, [number, number][]> {
-    const g = this.plan.graph;
     const inPlace = new Map<number, [number, number][]>();
-    if (!donated.some((d) => d)) return inPlace;
-    const producer = new Map<number, number>();
-    this.plan.kernels.forEach((k, i) => {
-      if (k.kind === "map" || k.kind === "dot") k.roots.forEach((r) => producer.set(r, i));
-      else if (k.kind === "reduce") [...k.rowRoots, ...k.elemRoots].forEach((r) => producer.set(r, i));
-    });
-    const taken = new Set<number>();
-    for (const { node, index } of this.inputNodes) {
-      if (!donated[index]) continue;
-      const n = g.node(node);
-      const size = shapeSize(n.shape);
-      const last = this.mem.lastUse.get(node) ?? -1;
-      for (const o of g.outputs) {
-        const on = g.node(o);
-        const ko = producer.get(o);
-        if (taken.has(o) || ko === undefined || on.dtype !== n.dtype || shapeSize(on.shape) !== size || size === 0) continue;
-        if (last > ko) continue;
-        if (last === ko && !inPlaceSafe(this.plan.kernels[ko]!, node, o)) continue;
-        if (last === ko) {
-          let list = inPlace.get(ko);
-          if (!list) inPlace.set(ko, (list = []));
-          list.push([node, o]);
-        }
-        taken.add(o);
-        this.aliases.set(o, { input: index, node });
-        break;
+    this.donations = planDonation(this.plan, this.mem.lastUse, donated, cpuInPlaceSafe);
+    for (const d of this.donations) {
+      if (d.inPlace) {
+        let list = inPlace.get(d.kernel);
+        if (!list) inPlace.set(d.kernel, (list = []));
+        list.push([d.node, d.output]);
       }
+      this.aliases.set(d.output, { input: d.input, node: d.node });
     }
     return inPlace;
   }
@@ -367,7 +360,10 @@ export class CpuSegment implements TargetSegment {
       const s = this.mem.slotOf.get(node);
       if (s === undefined) throw new BackendError(`jit: no buffer for node %${node}`);
       let buf = this.slotBuffers[s];
-      if (!buf) this.slotBuffers[s] = buf = new ArrayBuffer(this.mem.slotBytes[s]!);
+      if (!buf) {
+        const bytes = this.mem.slotBytes[s]!;
+        this.slotBuffers[s] = buf = allocateResidentBytes(bytes) ?? new Uint8Array(bytes);
+      }
       const n = this.plan.graph.node(node);
       v = storageFor(n.dtype, buf, shapeSize(n.shape));
       this.slotViews.set(node, v);
@@ -391,7 +387,7 @@ export class CpuSegment implements TargetSegment {
     const d = this.outStorage[node];
     if (d) return d;
     const n = this.plan.graph.node(node);
-    if (this.isOutput[node]) return allocate(n.dtype, shapeSize(n.shape));
+    if (this.isOutput[node]) return allocateUninit(n.dtype, shapeSize(n.shape)); // every element is written
     return this.slotView(node);
   }
 
@@ -473,6 +469,7 @@ export class CpuSegment implements TargetSegment {
       }
     }
     // Donated inputs whose storage can really be taken over.
+    this.lastDonatedWrites = 0;
     if (this.aliases.size > 0 && opts.donated) {
       let claimed: Set<AnyTypedArray> | null = null;
       for (const [o, { input, node }] of this.aliases) {
@@ -492,6 +489,7 @@ export class CpuSegment implements TargetSegment {
         if (!ok) continue;
         (claimed ??= new Set()).add(d);
         this.outStorage[o] = d;
+        this.lastDonatedWrites++;
       }
     }
     const after = opts.afterStep;
@@ -547,7 +545,7 @@ export class CpuSegment implements TargetSegment {
         x = r.cache;
       }
       kept.dtype = r.dtype;
-      locals[i] = this.backend.reduce(r.op, x, s.axes, kept).data;
+      locals[i] = this.backend.reduce(r.op, x, s.axes, kept).takeStorage();
     }
     if (s.row) this.runProgram(s.row, s.kept);
     if (s.elem) this.runProgram(s.elem, s.shape);
@@ -556,7 +554,7 @@ export class CpuSegment implements TargetSegment {
   private runDot(s: DotStep): void {
     const l = (s.lhsCache = this.operand(s.lhs.node, s.lhs.layout, s.lhsCache));
     const r = (s.rhsCache = this.operand(s.rhs.node, s.rhs.layout, s.rhsCache));
-    const acc = this.backend.dotGeneral(l, r, s.dims, { shape: s.shape, dtype: s.dtype }).data;
+    const acc = this.backend.dotGeneral(l, r, s.dims, { shape: s.shape, dtype: s.dtype }).takeStorage();
     if (s.epilogue === null) {
       // The fresh product is the root's storage (a donated buffer would only cost a copy here).
       this.store(s.root, acc);
@@ -570,6 +568,8 @@ export class CpuSegment implements TargetSegment {
     p.kernel(p.views as StridedView[], s.shape, into);
     for (let j = 0; j < p.roots.length; j++) this.store(p.roots[j]!, into[j]!);
     this.locals[LOCAL_ACC] = null;
+    // The product went through the epilogue into other storage: its block can go back at once.
+    if (!into.includes(acc)) dropStorage(acc);
   }
 
   private runOpaque(s: OpaqueStep): void {
@@ -599,9 +599,10 @@ export class CpuSegment implements TargetSegment {
 
 /**
  * Whether kernel `k` may write output `out` into the storage of `input`, which it also reads: every
- * read must be of the element being written (identity layouts) and happen before the write.
+ * read must be of the element being written (identity layouts) and happen before the write. Looser
+ * than the strict rule (memory-plan.ts): products and reductions are complete before any store.
  */
-function inPlaceSafe(k: Kernel, input: number, out: number): boolean {
+export const cpuInPlaceSafe: InPlaceSafe = (k: Kernel, input: number, out: number): boolean => {
   const readsOf = (p: Program) => p.leaves.filter((l): l is Leaf & { kind: "buffer" } => l.kind === "buffer" && l.node === input);
   const identity = (p: Program, shape: Shape) => readsOf(p).every((l) => sameLayout(l.layout, contiguousLayout(shape)));
   switch (k.kind) {
@@ -617,15 +618,16 @@ function inPlaceSafe(k: Kernel, input: number, out: number): boolean {
     default:
       return false;
   }
-}
+};
 
 
 /** The jit compiler's CPU target (registered by `installCpuJitTarget`, ./index.ts). */
 export const cpuJitTarget: JitTarget = {
   kind: "cpu",
   bytesPerElement,
-  // No binding limit on the CPU; a bound keeps the fused kernels' Wasm chunk area small.
-  fusionOptions: (_device: Device) => ({ maxBuffers: 24 }),
+  // No binding limit on the CPU; a bound keeps the fused kernels' Wasm chunk area small. No vec4
+  // repacking of dot operands: the packed GEMM reads any strided layout into its own panels.
+  fusionOptions: (_device: Device) => ({ maxBuffers: 24, repackDots: false, inPlaceSafe: cpuInPlaceSafe }),
   prepare: (_device, plan, mem, donated) => new CpuSegment(plan, mem, donated),
   call: (_device, fn) => fn(),
 };

@@ -6,7 +6,10 @@
  * combine) and dot_general with an epilogue (the 4x8 / 4x4 register tiles of ../kernels/matmul.ts).
  *
  * Shapes, strides and offsets are baked into the source (a compiled plan serves one signature), so
- * index arithmetic divides by constants. A kernel's cache key is a hash of its source.
+ * index arithmetic divides by constants. A kernel's cache key is a hash of its source. The one
+ * exception is `DynamicOffsets`: the listed nodes (a scan body's inputs and outputs) take their
+ * buffer's base element offset from a parameter word, so one kernel reads each step's xs slice in
+ * place and writes each step's y straight into the stacked ys.
  */
 import { shapeSize, type DType, type Shape } from "../../../../autodiff/aval.js";
 import { contiguousStrides } from "../../strides.js";
@@ -26,6 +29,44 @@ export interface GeneratedKernel {
   readonly writes: readonly number[];
   /** One dispatch per entry: parameter words and workgroup counts. */
   readonly dispatches: readonly { readonly params: readonly number[]; readonly grid: readonly [number, number, number] }[];
+  /**
+   * Nodes whose base element offset is a run-time parameter: node `dynamic[j]` at word `DYN0 + j` of
+   * P (the caller pads each dispatch's params to DYN0 words and appends the offsets). Empty unless
+   * the kernel was generated with `DynamicOffsets`.
+   */
+  readonly dynamic: readonly number[];
+}
+
+/** First parameter word of the run-time offsets (every template's own params fit in words 0..3). */
+export const DYN0 = 4;
+
+/** Nodes whose buffer base offset (elements) is given at run time (see GeneratedKernel.dynamic). */
+export interface DynamicOffsets {
+  readonly nodes: ReadonlySet<number>;
+  /** Every run-time offset is a multiple of 4 (vec4 loads and stores of those nodes stay valid). */
+  readonly aligned4: boolean;
+}
+
+/** Index rendering for dynamic offsets: `at(node, idx)` adds the node's run-time base to a u32 index. */
+function dynIndexer(dyn: DynamicOffsets | undefined): {
+  list: number[];
+  word: (node: number) => string | null;
+  at: (node: number, idx: string) => string;
+} {
+  const list: number[] = [];
+  const word = (node: number): string | null => {
+    if (!dyn?.nodes.has(node)) return null;
+    let j = list.indexOf(node);
+    if (j < 0) {
+      j = list.length;
+      list.push(node);
+    }
+    return `P[${DYN0 + j}u]`;
+  };
+  return { list, word, at: (node, idx) => {
+    const w = word(node);
+    return w === null ? idx : `(${idx} + ${w})`;
+  } };
 }
 
 export interface CodegenLimits {
@@ -227,9 +268,11 @@ export function mapKernel(
   dtypeOf: (node: number) => DType,
   lim: CodegenLimits,
   alias: ReadonlyMap<number, number> = new Map(),
+  dyn?: DynamicOffsets,
 ): GeneratedKernel {
   const p = k.program;
   const size = shapeSize(k.shape);
+  const dx = dynIndexer(dyn);
   const reads = bufferNodes(p.leaves).filter((n) => !alias.has(n));
   const writes = [...k.roots];
   const bufName = (n: number) => (alias.has(n) ? `out${alias.get(n)}` : `in${reads.indexOf(n)}`);
@@ -243,7 +286,13 @@ export function mapKernel(
       const s = c.strides[li + 1]![0]!;
       return (s === 1 && l.layout.offset % 4 === 0) || s === 0;
     }) &&
-    c.strides[0]![0] === 1;
+    c.strides[0]![0] === 1 &&
+    (dyn === undefined || dyn.aligned4 || ![...p.leaves.map((l) => (l.kind === "buffer" ? l.node : -1)), ...k.roots].some((n) => dyn.nodes.has(n)));
+  // vec4 index of a node's run-time base (aligned: a multiple of 4).
+  const vbase = (n: number) => {
+    const w = dx.word(n);
+    return w === null ? "" : ` + (${w} >> 2u)`;
+  };
   if (vec) {
     const bufs = [
       ...reads.map((n, r) => {
@@ -252,18 +301,22 @@ export function mapKernel(
       }),
       ...writes.map((n, w) => ({ name: `out${w}`, type: `vec4<${wgslType(dtypeOf(n))}>`, write: true })),
     ];
-    const vecBuf = (n: number) => bufs[reads.indexOf(n)]!.type.startsWith("vec4");
+    // An aliased input is read from its output's (vec4) binding.
+    const vecBuf = (n: number) => alias.has(n) || bufs[reads.indexOf(n)]!.type.startsWith("vec4");
     const pre: string[] = [];
     p.leaves.forEach((l, li) => {
       if (l.kind !== "buffer") return;
-      const r = reads.indexOf(l.node);
+      const name = bufName(l.node);
       const s = c.strides[li + 1]![0]!;
-      if (alias.has(l.node)) {
-        pre.push(`    let L${li} = ${bufName(l.node)}[j];`);
+      if (alias.has(l.node) && !dyn?.nodes.has(l.node)) {
+        pre.push(`    let L${li} = ${name}[j];`);
         return;
       }
-      if (s === 1) pre.push(`    let L${li} = in${r}[${l.layout.offset / 4}u + j];`);
-      else pre.push(`    let L${li} = in${r}[${vecBuf(l.node) ? `${Math.floor(l.layout.offset / 4)}u][${l.layout.offset % 4}` : `${l.layout.offset}u`}];`);
+      if (s === 1) pre.push(`    let L${li} = ${name}[${l.layout.offset / 4}u + j${vbase(l.node)}];`);
+      else
+        pre.push(
+          `    let L${li} = ${name}[${vecBuf(l.node) ? `${Math.floor(l.layout.offset / 4)}u${vbase(l.node)}][${l.layout.offset % 4}` : dx.at(l.node, `${l.layout.offset}u`)}];`,
+        );
     });
     const comps = ["x", "y", "z", "w"];
     const body: string[] = [];
@@ -274,7 +327,7 @@ export function mapKernel(
       outs.push(e.outs);
       void qi;
     });
-    const stores = writes.map((n, w) => `    out${w}[j] = vec4<${wgslType(dtypeOf(n))}>(${outs.map((o) => o[w]).join(", ")});`);
+    const stores = writes.map((n, w) => `    out${w}[j${vbase(n)}] = vec4<${wgslType(dtypeOf(n))}>(${outs.map((o) => o[w]).join(", ")});`);
     const nVec = Math.ceil(size / 4);
     const source = [
       bindingDecls(bufs),
@@ -290,7 +343,13 @@ ${stores.join("\n")}
   }
 }`,
     ].join("\n");
-    return { source: touchBindings(source), reads, writes, dispatches: size === 0 ? [] : [{ params: [nVec], grid: grid2(Math.ceil(nVec / VEC_PER_INVOCATION / WG), lim) }] };
+    return {
+      source: touchBindings(source),
+      reads,
+      writes,
+      dispatches: size === 0 ? [] : [{ params: [nVec], grid: grid2(Math.ceil(nVec / VEC_PER_INVOCATION / WG), lim) }],
+      dynamic: dx.list,
+    };
   }
   const bufs = [
     ...reads.map((n, r) => ({ name: `in${r}`, type: wgslType(dtypeOf(n)) })),
@@ -310,20 +369,26 @@ ${stores.join("\n")}
     "n",
     (input, dtype) => {
       const l = p.leaves[input]!;
-      if (l.kind === "buffer") return `${bufName(l.node)}[u32(${idxOf(input, l)})]`;
+      if (l.kind === "buffer") return `${bufName(l.node)}[${dx.at(l.node, `u32(${idxOf(input, l)})`)}]`;
       if (l.kind === "iota") return iotaValue(idxOf(input, l), dtype);
       throw new Error("map kernel: no locals");
     },
     helpers,
   );
   lines.push(...e.lines);
-  writes.forEach((_, w) => lines.push(`out${w}[i] = ${e.outs[w]};`));
+  writes.forEach((n, w) => lines.push(`out${w}[${dx.at(n, "i")}] = ${e.outs[w]};`));
   const source = [
     bindingDecls(bufs),
     helperCode(helpers),
     `${ENTRY(WG)}\n  if (i >= P[0]) { return; }\n${lines.map((l) => `  ${l}`).join("\n")}\n}`,
   ].join("\n");
-  return { source: touchBindings(source), reads, writes, dispatches: size === 0 ? [] : [{ params: [size], grid: grid2(Math.ceil(size / WG), lim) }] };
+  return {
+    source: touchBindings(source),
+    reads,
+    writes,
+    dispatches: size === 0 ? [] : [{ params: [size], grid: grid2(Math.ceil(size / WG), lim) }],
+    dynamic: dx.list,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -375,8 +440,10 @@ export function reduceKernel(
   dtypeOf: (node: number) => DType,
   lim: CodegenLimits,
   alias: ReadonlyMap<number, number> = new Map(),
+  dyn?: DynamicOffsets,
 ): GeneratedKernel {
   const S = k.shape;
+  const dx = dynIndexer(dyn);
   const K = k.kept;
   const axes = k.axes;
   const R = S.filter((_, d) => axes.includes(d));
@@ -426,7 +493,7 @@ export function reduceKernel(
     const l = p.leaves[input]!;
     if (l.kind === "local") return l.name;
     const idx = elemIdx(pi, input);
-    return l.kind === "buffer" ? `${bufName(l.node)}[u32(${idx})]` : iotaValue(idx, dtype);
+    return l.kind === "buffer" ? `${bufName(l.node)}[${dx.at(l.node, `u32(${idx})`)}]` : iotaValue(idx, dtype);
   };
   const loopOpen = (body: string[], depth: number): string[] => {
     if (nRed === 0) return [];
@@ -475,17 +542,19 @@ export function reduceKernel(
       const l = k.row.leaves[input]!;
       if (l.kind === "local") return l.name;
       const idx = `(${base(l.layout.offset, l.layout.strides)})`;
-      return l.kind === "buffer" ? `${bufName(l.node)}[u32(${idx})]` : iotaValue(idx, dtype);
+      return l.kind === "buffer" ? `${bufName(l.node)}[${dx.at(l.node, `u32(${idx})`)}]` : iotaValue(idx, dtype);
     };
     const e = emitNodes(k.row, "rw", rowLoad, helpers);
-    const stores = k.rowRoots.map((_, w) => `out${w}[o] = ${e.outs[w]};`);
+    const stores = k.rowRoots.map((n, w) => `out${w}[${dx.at(n, "o")}] = ${e.outs[w]};`);
     if (wgRows) L.push(`if (lid == 0u) {`, ...e.lines.map((l) => `  ${l}`), ...stores.map((l) => `  ${l}`), `}`);
     else L.push(...e.lines, ...stores);
   }
   if (k.elemRoots.length) {
     const pi = elemProgs.length - 1;
     const e = emitNodes(k.elem, "el", elemLoad(pi), helpers);
-    const stores = k.elemRoots.map((_, w) => `out${k.rowRoots.length + w}[u32(bo + ${offsetSum(0, outRedStrides, "q")})] = ${e.outs[w]};`);
+    const stores = k.elemRoots.map(
+      (n, w) => `out${k.rowRoots.length + w}[${dx.at(n, `u32(bo + ${offsetSum(0, outRedStrides, "q")})`)}] = ${e.outs[w]};`,
+    );
     L.push(...loopOpen([...e.lines, ...stores], 0));
   }
   const body = L.map((l) => `  ${l}`).join("\n");
@@ -509,7 +578,7 @@ ${body}
     dispatches = nOut === 0 ? [] : [{ params: [nOut], grid: grid2(Math.ceil(nOut / WG), lim) }];
   }
   const source = [bindingDecls(bufs), helperCode(helpers), entry].join("\n");
-  return { source: touchBindings(source), reads, writes, dispatches };
+  return { source: touchBindings(source), reads, writes, dispatches, dynamic: dx.list };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -524,7 +593,9 @@ export function dotKernel(
   dtypeOf: (node: number) => DType,
   lim: CodegenLimits,
   alias: ReadonlyMap<number, number> = new Map(),
+  dyn?: DynamicOffsets,
 ): GeneratedKernel {
+  const dx = dynIndexer(dyn);
   const lhsShape = k.lhs.layout.shape;
   const rhsShape = k.rhs.layout.shape;
   const lg = dotGroups(lhsShape, k.dims, 0);
@@ -538,7 +609,8 @@ export function dotKernel(
   const t = wgslType(k.dtype);
   const float = k.dtype === "float32";
   const vecRows = (s: [number, number, number], off: number) => s[2] === 1 && s[1] % 4 === 0 && s[0] % 4 === 0 && off % 4 === 0;
-  const variant: "nn" | "gen" = float && vecRows(a, k.lhs.layout.offset) && vecRows(b, k.rhs.layout.offset) ? "nn" : "gen";
+  const dynOperand = dyn !== undefined && !dyn.aligned4 && (dyn.nodes.has(k.lhs.node) || dyn.nodes.has(k.rhs.node));
+  const variant: "nn" | "gen" = float && !dynOperand && vecRows(a, k.lhs.layout.offset) && vecRows(b, k.rhs.layout.offset) ? "nn" : "gen";
   const helpers = new Set<string>();
   const ep = k.epilogue;
   const epReads = bufferNodes(ep.leaves).filter((n) => !alias.has(n));
@@ -562,15 +634,21 @@ export function dotKernel(
       if (l.kind === "local") return l.name;
       const st = oc.strides[input + 1]!;
       const idx = st.every((s, d) => s === oc.strides[0]![d]) ? `(${l.layout.offset}i + i32(lin))` : `(${offsetSum(l.layout.offset, st, "c")})`;
-      return l.kind === "buffer" ? `${alias.has(l.node) ? `out${alias.get(l.node)}` : `in${epReads.indexOf(l.node)}`}[u32(${idx})]` : iotaValue(idx, dtype);
+      return l.kind === "buffer"
+        ? `${alias.has(l.node) ? `out${alias.get(l.node)}` : `in${epReads.indexOf(l.node)}`}[${dx.at(l.node, `u32(${idx})`)}]`
+        : iotaValue(idx, dtype);
     },
     helpers,
   );
   const storeOne = [
     ...(needCoords ? unravelConst("lin", oc.shape, "c") : []),
     ...e.lines,
-    ...writes.map((_, w) => `out${w}[lin] = ${e.outs[w]};`),
+    ...writes.map((n, w) => `out${w}[${dx.at(n, "lin")}] = ${e.outs[w]};`),
   ];
+  const aW = dx.word(k.lhs.node);
+  const bW = dx.word(k.rhs.node);
+  const aDyn = aW === null ? "" : ` + ${aW}`;
+  const bDyn = bW === null ? "" : ` + ${bW}`;
   const prologue = `@compute @workgroup_size(${WGX}, ${WGY})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let M = ${M}u; let N = ${N}u; let K = ${K}u;
@@ -578,8 +656,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i0 = P[1] + gid.y * ${T}u;
   let j0 = gid.x * ${variant === "nn" ? 2 * T : T}u;
   if (i0 >= M || j0 >= N) { return; }
-  let aB = ${k.lhs.layout.offset}u + bz * ${a[0]}u; let aR = ${a[1]}u; let aC = ${a[2]}u;
-  let bB = ${k.rhs.layout.offset}u + bz * ${b[0]}u; let bR = ${b[1]}u; let bC = ${b[2]}u;
+  let aB = ${k.lhs.layout.offset}u${aDyn} + bz * ${a[0]}u; let aR = ${a[1]}u; let aC = ${a[2]}u;
+  let bB = ${k.rhs.layout.offset}u${bDyn} + bz * ${b[0]}u; let bR = ${b[1]}u; let bC = ${b[2]}u;
   let r0 = aB + min(i0, M - 1u) * aR; let r1 = aB + min(i0 + 1u, M - 1u) * aR;
   let r2 = aB + min(i0 + 2u, M - 1u) * aR; let r3 = aB + min(i0 + 3u, M - 1u) * aR;`;
   const body = gemmTileBody(variant, t);
@@ -615,5 +693,5 @@ ${storeOne.map((l) => `            ${l}`).join("\n")}
       }
     }
   }
-  return { source, reads, writes, dispatches };
+  return { source, reads, writes, dispatches, dynamic: dx.list };
 }

@@ -5,20 +5,23 @@
  * kept across calls, outputs get fresh buffers (or donated input buffers), every dispatch of a call is
  * encoded into one command buffer and submitted once (`Runtime.encodeAll`). Kernel ops the compiler
  * does not generate (gather, sort, ...) run through the backend itself, in the same command buffer.
+ * Scan bodies are prepared with `dynamicOffsets`: inputs are read at their buffer offset and outputs
+ * written where the caller places them (xs slices and stacked ys, no copies); profiled calls time
+ * each kernel with timestamp queries (`profileCall`).
  */
 import { shapeSize, type DType } from "../../../../autodiff/aval.js";
 import { BackendError } from "../../../../autodiff/errors.js";
-import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.js";
-import { kernelWrites } from "../../../compile/memory-plan.js";
+import { describePlan, type FusionPlan } from "../../../compile/fusion.js";
+import { inPlaceSafe, kernelWrites, planDonation } from "../../../compile/memory-plan.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { Device } from "../../../array.js";
-import { applyViewOp, contiguousLayout, sameLayout, type Graph, type ViewOp } from "../../../compile/graph.js";
+import { applyViewOp, type Graph, type ViewOp } from "../../../compile/graph.js";
 import type { MemoryPlan } from "../../../compile/memory-plan.js";
 import type { WebGpuBackend } from "../backend.js";
-import { GpuHandle, GpuStorage } from "../handle.js";
+import { GpuHandle, GpuStorage, wgslType } from "../handle.js";
 import { materialize } from "../kernels/map.js";
 import type { Kernel as RtKernel } from "../runtime.js";
-import { dotKernel, GeneratedKernel, mapKernel, reduceKernel } from "./codegen.js";
+import { DYN0, dotKernel, GeneratedKernel, mapKernel, reduceKernel, type DynamicOffsets } from "./codegen.js";
 
 /** FNV-1a over the source, as a short cache key (collisions are detected, never trusted). */
 function hashSource(s: string): string {
@@ -51,6 +54,8 @@ type Step =
       readonly inPlace?: readonly (readonly [number, number])[];
       /** In-place variants by the set of inputs really reused. */
       readonly variants?: Map<string, { readonly gen: GeneratedKernel; readonly rt: RtKernel }>;
+      /** Dynamic-offset segments: the variant for run-time offsets that are not all multiples of 4. */
+      readonly unaligned?: { readonly gen: GeneratedKernel; readonly rt: RtKernel };
     }
   | { readonly kind: "opaque"; readonly index: number; readonly node: number; readonly inputs: readonly { node: number; views: readonly ViewOp[] }[] };
 
@@ -61,6 +66,28 @@ export interface RunOptions {
   readonly donated?: readonly boolean[];
   /** Called per kernel step with its index (debug timings). */
   readonly afterStep?: (i: number) => void;
+  /**
+   * Per graph output: write it into `handle`'s storage at element `handle.offset + offset` (contiguous)
+   * instead of a fresh buffer; the returned handle is then a view there. Only segments prepared with
+   * `dynamicOffsets` write in place, and not the results of backend-run ops: the caller checks and
+   * moves those (`webGpuJitTarget.placeInto`). Scan ys use it.
+   */
+  readonly outputs?: readonly (OutputPlace | null | undefined)[];
+}
+
+/** Where an output goes (see RunOptions.outputs). */
+export interface OutputPlace {
+  readonly handle: GpuHandle;
+  readonly offset: number;
+}
+
+/** Options of `prepare` beyond the JitTarget interface (src/ops/compile/index.ts passes them). */
+export interface PrepareOptions {
+  /**
+   * Inputs and outputs take their base offset at run time (no materialising copy of an offset input,
+   * outputs placed into a larger buffer): the compiled bodies of scans. Donation is off.
+   */
+  readonly dynamicOffsets?: boolean;
 }
 
 export class WebGpuSegment implements TargetSegment {
@@ -72,14 +99,31 @@ export class WebGpuSegment implements TargetSegment {
 
   /** Output node -> the graph input whose (donated) buffer it reuses when possible. */
   readonly aliases = new Map<number, { readonly input: number; readonly node: number }>();
+  /** Nodes written by generated kernels (placeable outputs). */
+  private readonly generatedWrites: ReadonlySet<number>;
+  /** Per kernel: its line of `describePlan` (profile labels). */
+  private readonly labels: string[];
+  /** Input and output nodes with run-time offsets (PrepareOptions.dynamicOffsets), else null. */
+  readonly dynamic: ReadonlySet<number> | null;
+  /** Dynamic segments: kernels regenerated to read an input through an output's binding (same buffer). */
+  private readonly aliasVariants = new Map<string, { readonly gen: GeneratedKernel; readonly rt: RtKernel }>();
+  private readonly regen: (index: number, alias: ReadonlyMap<number, number>, aligned4: boolean) => GeneratedKernel;
 
   constructor(
     readonly backend: WebGpuBackend,
     readonly plan: FusionPlan,
     readonly mem: MemoryPlan,
     donated: readonly boolean[] = [],
+    prepOpts: PrepareOptions = {},
   ) {
     const g = plan.graph;
+    this.labels = describePlan(plan).split("\n");
+    this.generatedWrites = new Set(plan.kernels.flatMap(kernelWrites));
+    this.dynamic = prepOpts.dynamicOffsets
+      ? new Set([...g.nodes.filter((n) => n.op.kind === "input").map((n) => n.id), ...g.outputs])
+      : null;
+    if (this.dynamic) donated = [];
+    const dyn: DynamicOffsets | undefined = this.dynamic ? { nodes: this.dynamic, aligned4: true } : undefined;
     const dtypeOf = (n: number): DType => g.node(n).dtype;
     const lim = {
       maxWorkgroupsPerDimension: backend.rt.limits.maxComputeWorkgroupsPerDimension,
@@ -87,9 +131,19 @@ export class WebGpuSegment implements TargetSegment {
     };
     const maxBuffers = backend.rt.limits.maxStorageBuffersPerShaderStage;
     const inPlace = this.planDonation(donated);
+    this.regen = (index, alias, aligned4) => {
+      const k = plan.kernels[index]!;
+      const d = { nodes: this.dynamic ?? new Set<number>(), aligned4 };
+      if (k.kind === "map") return mapKernel(k, dtypeOf, lim, alias, d);
+      if (k.kind === "reduce") return reduceKernel(k, dtypeOf, lim, alias, d);
+      if (k.kind === "dot") return dotKernel(k, dtypeOf, lim, alias, d);
+      throw new BackendError("jit: regenerating a backend-run op (webgrad bug)");
+    };
     this.steps = plan.kernels.map((k, index): Step => {
       if (k.kind === "opaque") return { kind: "opaque", index, node: k.node, inputs: k.inputs };
-      const gen = k.kind === "map" ? mapKernel(k, dtypeOf, lim) : k.kind === "reduce" ? reduceKernel(k, dtypeOf, lim) : dotKernel(k, dtypeOf, lim);
+      const make = (d: DynamicOffsets | undefined) =>
+        k.kind === "map" ? mapKernel(k, dtypeOf, lim, undefined, d) : k.kind === "reduce" ? reduceKernel(k, dtypeOf, lim, undefined, d) : dotKernel(k, dtypeOf, lim, undefined, d);
+      const gen = make(dyn);
       if (gen.reads.some((r) => gen.writes.includes(r))) {
         throw new BackendError(`jit: kernel ${index} would read and write the same value (webgrad bug); not compiled`);
       }
@@ -101,6 +155,10 @@ export class WebGpuSegment implements TargetSegment {
       this.sources.push(gen.source);
       const ip = inPlace.get(index);
       if (ip) return { kind: "gen", gen, rt: rtKernel(gen.source), index, inPlace: ip, variants: new Map() };
+      if (dyn) {
+        const u = make({ ...dyn, aligned4: false });
+        if (u.source !== gen.source) return { kind: "gen", gen, rt: rtKernel(gen.source), index, unaligned: { gen: u, rt: rtKernel(u.source) } };
+      }
       return { kind: "gen", gen, rt: rtKernel(gen.source), index };
     });
     this.slots = mem.slotBytes.map(() => null);
@@ -123,33 +181,14 @@ export class WebGpuSegment implements TargetSegment {
    * per kernel index (input node -> output node).
    */
   private planDonation(donated: readonly boolean[]): Map<number, [number, number][]> {
-    const g = this.plan.graph;
     const inPlace = new Map<number, [number, number][]>();
-    const producer = new Map<number, number>();
-    this.plan.kernels.forEach((k, i) => {
-      if (k.kind === "map" || k.kind === "dot") k.roots.forEach((r) => producer.set(r, i));
-      else if (k.kind === "reduce") [...k.rowRoots, ...k.elemRoots].forEach((r) => producer.set(r, i));
-    });
-    const taken = new Set<number>();
-    for (const n of g.nodes) {
-      if (n.op.kind !== "input" || !donated[n.op.index]) continue;
-      const size = shapeSize(n.shape);
-      const last = this.mem.lastUse.get(n.id) ?? -1;
-      for (const o of g.outputs) {
-        const on = g.node(o);
-        const ko = producer.get(o);
-        if (taken.has(o) || ko === undefined || on.dtype !== n.dtype || shapeSize(on.shape) !== size) continue;
-        if (last > ko) continue;
-        if (last === ko && !inPlaceSafe(this.plan.kernels[ko]!, n.id, o)) continue;
-        if (last === ko) {
-          let list = inPlace.get(ko);
-          if (!list) inPlace.set(ko, (list = []));
-          list.push([n.id, o]);
-        }
-        taken.add(o);
-        this.aliases.set(o, { input: n.op.index, node: n.id });
-        break;
+    for (const d of planDonation(this.plan, this.mem.lastUse, donated, inPlaceSafe)) {
+      if (d.inPlace) {
+        let list = inPlace.get(d.kernel);
+        if (!list) inPlace.set(d.kernel, (list = []));
+        list.push([d.node, d.output]);
       }
+      this.aliases.set(d.output, { input: d.input, node: d.node });
     }
     return inPlace;
   }
@@ -217,14 +256,35 @@ export class WebGpuSegment implements TargetSegment {
       g.nodes.forEach((n) => {
         if (n.op.kind !== "input") return;
         let h = inputs[n.op.index]!;
-        if (!h.contiguous || h.offset !== 0) {
+        if (!h.contiguous || (h.offset !== 0 && !this.dynamic)) {
           h = materialize(rt, h);
+          copies.n++;
           temps.push(h);
         }
         handles.set(n.id, h);
       });
       const outputs = new Set(g.outputs);
       const outHandles = new Map<number, GpuHandle>();
+      // Run-time base offsets (dynamic segments): inputs' offsets, placed outputs' offsets.
+      const dynOffset = new Map<number, number>();
+      const places = new Map<number, OutputPlace>();
+      g.outputs.forEach((o, k) => {
+        const p = opts.outputs?.[k];
+        if (p && !places.has(o)) places.set(o, p);
+      });
+      if (this.dynamic) {
+        for (const [node, h] of handles) dynOffset.set(node, h.offset);
+        for (const [o, p] of places) {
+          // Only generated kernels write in place; a backend-run op's result is moved by the caller.
+          if (!this.generatedWrites.has(o)) continue;
+          const n = g.node(o);
+          p.handle.storage.refs++;
+          outHandles.set(o, new GpuHandle(p.handle.storage, n.dtype, n.shape, undefined, p.handle.offset + p.offset, false));
+          dynOffset.set(o, p.handle.offset + p.offset);
+        }
+      }
+      let aligned = true;
+      for (const v of dynOffset.values()) if (v % 4 !== 0) aligned = false;
       const opaqueOut = new Map<number, GpuHandle>();
       const bufferOf = (node: number): GPUBuffer => {
         const h = handles.get(node) ?? outHandles.get(node) ?? opaqueOut.get(node);
@@ -267,9 +327,57 @@ export class WebGpuSegment implements TargetSegment {
       }
       try {
         for (const step of this.steps) {
+          // A profiled call (timestamp queries): this step's passes are timed as its kernel.
+          if (rt.profilingActive) rt.markKernel(this.labels[step.index] ?? `k${step.index}`);
           if (step.kind === "gen") {
             let gen = step.gen;
             let kernel = step.rt;
+            if (!aligned && step.unaligned) {
+              gen = step.unaligned.gen;
+              kernel = step.unaligned.rt;
+            }
+            for (const w of gen.writes) {
+              if (outputs.has(w) && !outHandles.has(w)) {
+                const n = g.node(w);
+                const size = shapeSize(n.shape);
+                outHandles.set(w, new GpuHandle(new GpuStorage(rt.alloc("jit", Math.max(size * 4, 16)), size * 4), n.dtype, n.shape));
+              }
+            }
+            if (this.dynamic) {
+              // A dispatch may not read a buffer through one binding and write it through another
+              // (a scan carry that is also a y lives in the stacked ys the step writes): such an input
+              // is read through the output's read_write binding (disjoint regions: no race), or,
+              // where that cannot be (a matmul operand, another type), copied first.
+              const wb = gen.writes.map(bufferOf);
+              const clash = gen.reads.filter((r) => wb.includes(bufferOf(r)));
+              if (clash.length > 0) {
+                const k = this.plan.kernels[step.index]!;
+                const alias = new Map<number, number>();
+                for (const r of clash) {
+                  const w = wb.indexOf(bufferOf(r));
+                  const operand = k.kind === "dot" && (k.lhs.node === r || k.rhs.node === r);
+                  if (!operand && wgslType(g.node(r).dtype) === wgslType(g.node(gen.writes[w]!).dtype)) alias.set(r, w);
+                  else {
+                    const m = materialize(rt, handleOf(r));
+                    copies.n++;
+                    temps.push(m);
+                    handles.set(r, m);
+                    dynOffset.set(r, 0);
+                  }
+                }
+                if (alias.size > 0) {
+                  const key = `${step.index}|${aligned ? 1 : 0}|${[...alias].map(([r, w]) => `${r}>${w}`).join(",")}`;
+                  let v = this.aliasVariants.get(key);
+                  if (!v) {
+                    const g2 = this.regen(step.index, alias, aligned);
+                    v = { gen: g2, rt: rtKernel(g2.source) };
+                    this.aliasVariants.set(key, v);
+                  }
+                  gen = v.gen;
+                  kernel = v.rt;
+                }
+              }
+            }
             const pairs = step.inPlace?.filter(([i]) => reused.has(i)) ?? [];
             if (pairs.length > 0) {
               const key = pairs.map(([i]) => i).join(",");
@@ -298,13 +406,6 @@ export class WebGpuSegment implements TargetSegment {
               gen = v.gen;
               kernel = v.rt;
             }
-            for (const w of gen.writes) {
-              if (outputs.has(w) && !outHandles.has(w)) {
-                const n = g.node(w);
-                const size = shapeSize(n.shape);
-                outHandles.set(w, new GpuHandle(new GpuStorage(rt.alloc("jit", Math.max(size * 4, 16)), size * 4), n.dtype, n.shape));
-              }
-            }
             const buffers = [...gen.reads.map(bufferOf), ...gen.writes.map(bufferOf)];
             // A buffer written by a dispatch must not be bound twice in it (WebGPU rejects it, and
             // it would mean the memory plan shared a live buffer): never encode such a dispatch.
@@ -313,7 +414,14 @@ export class WebGpuSegment implements TargetSegment {
                 throw new BackendError(`jit: kernel ${step.index} would write a buffer it also binds (webgrad bug)`);
               }
             }
-            for (const d of gen.dispatches) rt.dispatch(kernel, d.params, buffers, d.grid);
+            if (gen.dynamic.length > 0) {
+              const offs = gen.dynamic.map((n) => dynOffset.get(n) ?? 0);
+              for (const d of gen.dispatches) {
+                const params = [...d.params];
+                while (params.length < DYN0) params.push(0);
+                rt.dispatch(kernel, [...params, ...offs], buffers, d.grid);
+              }
+            } else for (const d of gen.dispatches) rt.dispatch(kernel, d.params, buffers, d.grid);
           } else {
             const node = g.node(step.node);
             if (node.op.kind !== "opaque") throw new BackendError("jit: not an opaque node");
@@ -344,12 +452,15 @@ export class WebGpuSegment implements TargetSegment {
           yield step.index;
         }
       } finally {
+        if (rt.profilingActive) rt.markKernel(null);
         for (const t of temps) {
           if (t.storage.buffer) rt.release(t.storage.buffer);
           t.storage.buffer = null;
           t.released = true;
         }
       }
+      // Outputs not written in their place (backend-run ops, a segment without dynamic offsets) are
+      // returned as they are: the caller moves them (`placeInto`).
       return g.outputs.map((o) => {
         const h = outHandles.get(o) ?? opaqueOut.get(o);
         if (!h) throw new BackendError(`jit: output %${o} was not computed`);
@@ -359,38 +470,79 @@ export class WebGpuSegment implements TargetSegment {
   }
 }
 
-/**
- * Whether kernel `k` may write output `out` into the buffer of input `input` that it also reads: every
- * read must be of the element being written, by the invocation writing it (identity layouts), and
- * never as a matmul operand.
- */
-function inPlaceSafe(k: Kernel, input: number, out: number): boolean {
-  const readsOf = (p: Program) => p.leaves.filter((l): l is Leaf & { kind: "buffer" } => l.kind === "buffer" && l.node === input);
-  const identity = (p: Program, shape: readonly number[]) => readsOf(p).every((l) => sameLayout(l.layout, contiguousLayout(shape)));
-  switch (k.kind) {
-    case "map":
-      return identity(k.program, k.shape);
-    case "dot":
-      return k.lhs.node !== input && k.rhs.node !== input && identity(k.epilogue, k.shape);
-    case "reduce":
-      if (k.rowRoots.includes(out)) {
-        return k.steps.every((s) => readsOf(s.program).length === 0) && readsOf(k.elem).length === 0 && identity(k.row, k.kept);
-      }
-      return readsOf(k.row).length === 0 && k.steps.every((s) => identity(s.program, k.shape)) && identity(k.elem, k.shape);
-    default:
-      return false;
-  }
+/** Copies made by compiled segments (inputs materialised) and `placeInto` since start (tests, stats). */
+const copies = { n: 0 };
+
+/** The WebGPU target, with output placement (see src/ops/compile/index.ts, `PlacingTarget`). */
+export interface WebGpuJitTarget extends JitTarget {
+  prepare(device: Device, plan: FusionPlan, mem: MemoryPlan, donated: readonly boolean[], opts?: PrepareOptions): TargetSegment;
+  /** Copies made so far (inputs materialised by segments, outputs moved by `placeInto`); monotonic. */
+  readonly copies: number;
+  /** A fresh, uninitialised contiguous buffer (the stacked ys of a scan). */
+  allocate(device: Device, shape: readonly number[], dtype: DType): GpuHandle;
+  /** Copies `src` to `place` unless it is there already (null); returns the view there. */
+  placeInto(device: Device, src: GpuHandle, place: OutputPlace): GpuHandle | null;
+  /** A contiguous view of `shape` at `place` (a nested scan's stacked ys inside the outer's). */
+  viewAt(device: Device, place: OutputPlace, shape: readonly number[], dtype: DType): GpuHandle;
+  /**
+   * Runs `fn` (a whole compiled call) in one command buffer with every kernel timed by timestamp
+   * queries; null when the device has none (or they are turned off): the caller times on the host.
+   */
+  profileCall<T>(device: Device, fn: () => T): Promise<{ result: T; kernels: { kernel: string; ms: number }[]; wallMs: number; truncated: boolean } | null>;
 }
 
-
-/** The jit compiler's WebGPU target (registered by src/ops/compile/index.ts). */
-export const webGpuJitTarget: JitTarget = {
+export const webGpuJitTarget: WebGpuJitTarget = {
   kind: "webgpu",
   bytesPerElement: () => 4, // every dtype is stored in 32 bits (bool as u32)
   fusionOptions: (device: Device) => ({
     // Two bindings of margin: a dot binds its operands as vec4 and may read one of them again.
     maxBuffers: (device.backend as unknown as WebGpuBackend).rt.limits.maxStorageBuffersPerShaderStage - 2,
+    // The matmul kernels load operands as vec4: lay large operands out for it.
+    repackDots: true,
   }),
-  prepare: (device, plan, mem, donated) => new WebGpuSegment(device.backend as unknown as WebGpuBackend, plan, mem, donated),
+  prepare: (device, plan, mem, donated, opts?: PrepareOptions) =>
+    new WebGpuSegment(device.backend as unknown as WebGpuBackend, plan, mem, donated, opts),
   call: (device, fn) => (device.backend as unknown as WebGpuBackend).rt.encodeAll(fn),
+  get copies() {
+    return copies.n;
+  },
+  // Output placement (compiled scans: ys written in place), beyond the JitTarget interface.
+  allocate: (device: Device, shape: readonly number[], dtype: DType): GpuHandle => {
+    const rt = (device.backend as unknown as WebGpuBackend).rt;
+    const bytes = shapeSize(shape) * 4;
+    return new GpuHandle(new GpuStorage(rt.alloc("scan", Math.max(bytes, 16)), bytes), dtype, shape);
+  },
+  placeInto: (device: Device, src: GpuHandle, place: OutputPlace): GpuHandle | null => {
+    const at = place.handle.offset + place.offset;
+    if (src.storage === place.handle.storage && src.offset === at && src.contiguous) return null;
+    const backend = device.backend as unknown as WebGpuBackend;
+    const m = src.contiguous ? src : materialize(backend.rt, src);
+    backend.rt.copy(m.buffer, m.offset * 4, place.handle.buffer, at * 4, src.size * 4);
+    copies.n++;
+    if (m !== src) backend.release(m);
+    place.handle.storage.refs++;
+    return new GpuHandle(place.handle.storage, src.dtype, src.shape, undefined, at, false);
+  },
+  viewAt: (_device: Device, place: OutputPlace, shape: readonly number[], dtype: DType): GpuHandle => {
+    place.handle.storage.refs++;
+    return new GpuHandle(place.handle.storage, dtype, shape, undefined, place.handle.offset + place.offset, false);
+  },
+  profileCall: async <T>(device: Device, fn: () => T) => {
+    const rt = (device.backend as unknown as WebGpuBackend).rt;
+    if (!rt.useTimestamps) return null;
+    await rt.sync();
+    const t0 = performance.now();
+    rt.beginProfile();
+    let result: T;
+    try {
+      result = rt.encodeAll(fn);
+    } catch (e) {
+      // Close the profile: a failed call leaves the runtime usable.
+      await rt.endProfile().catch(() => undefined);
+      throw e;
+    }
+    const timing = await rt.endProfile();
+    const wallMs = performance.now() - t0;
+    return { result, kernels: timing.kernels.map((k) => ({ kernel: k.label, ms: k.ns / 1e6 })), wallMs, truncated: timing.truncated };
+  },
 };
