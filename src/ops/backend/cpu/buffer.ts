@@ -11,7 +11,7 @@
 import { shapeSize, shapeStr, type DType, type Shape } from "../../../autodiff/aval.js";
 import { BackendError, DTypeError, ShapeError } from "../../../autodiff/errors.js";
 import type { AnyTypedArray, OutType } from "../kernel.js";
-import { allocateResident, releaseStorage, retainStorage } from "./wasm/storage.js";
+import { allocateResident, disownStorage, releaseStorage, retainStorage } from "./wasm/storage.js";
 export { mergedStride } from "../strides.js";
 
 const ARRAY_TYPES = {
@@ -158,6 +158,19 @@ export class CpuBuffer {
     const d = this.#data;
     this.#data = null;
     if (d !== null && this.#counted) releaseStorage(d);
+  }
+
+  /**
+   * The storage of a buffer its caller just made and will not use again (a kernel's fresh result that
+   * the jit keeps raw for the rest of a call): this buffer is released, and its counted reference
+   * given up without returning resident storage to the arena, so that the array the storage is
+   * wrapped in next decides when it is freed.
+   */
+  takeStorage(): AnyTypedArray {
+    const d = this.data;
+    this.#data = null;
+    if (this.#counted) disownStorage(d);
+    return d;
   }
 
   /** A view onto the same storage (which is then marked shared: see `isStorageShared`). */

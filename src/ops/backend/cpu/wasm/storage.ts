@@ -6,8 +6,9 @@
  *
  * Which arrays: `allocate` in ../buffer.ts asks here for any array of at least ARENA_MIN_BYTES when the
  * runtime has shared memory (an unshared memory would detach every view when it grows) and the
- * arena's budget (`WEBGRAD_CPU_ARENA_MB`, default 1024; 0 turns resident storage off) has room;
- * otherwise, and for small arrays, storage is an ordinary typed array.
+ * arena's budget (`WEBGRAD_CPU_ARENA_MB`; default 1 GiB or a sixteenth of the machine's memory,
+ * whichever is less; 0 turns resident storage off) has room; otherwise, and for small arrays, storage
+ * is an ordinary typed array.
  *
  * Lifetime. A block goes back to the arena at the first of:
  * - the last *counted* holder releasing it: every owned CpuBuffer made on the storage and every view
@@ -15,10 +16,13 @@
  *   (`releaseStorage`). Borrowed CpuBuffers (constructed with owned = false, as kernels and the jit do
  *   for the length of one operation) do not count and must not outlive the storage's holders;
  * - the garbage collector reclaiming the typed array (a FinalizationRegistry), for arrays never
- *   disposed.
+ *   disposed. Its callbacks run only when the event loop gets control: a synchronous loop that never
+ *   disposes fills the budget, after which new arrays are ordinary (correct, only slower) until the
+ *   loop yields.
  * A released block's typed array still points into the memory, which will be reused: the CpuBuffer
  * layer makes sure nothing reads storage through a released buffer (`CpuBuffer.data` throws).
  */
+import { totalmem } from "node:os";
 import type { AnyTypedArray } from "../../kernel.js";
 import { getRuntime } from "./pool.js";
 
@@ -57,10 +61,21 @@ export const residentStats = {
   liveBytes: 0,
 };
 
+/** The default budget: 1 GiB, or a sixteenth of the machine's memory if that is less. */
+function defaultBudget(): number {
+  let total = Infinity;
+  try {
+    total = totalmem();
+  } catch {
+    // keep the cap
+  }
+  return Math.min(2 ** 30, Math.floor(total / 16));
+}
+
 function budgetBytes(): number {
   const env = typeof process !== "undefined" ? process.env.WEBGRAD_CPU_ARENA_MB : undefined;
-  const mb = env === undefined || env === "" ? 1024 : Number(env);
-  return Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : 1024 * 2 ** 20;
+  const mb = env === undefined || env === "" ? NaN : Number(env);
+  return Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : defaultBudget();
 }
 
 let budget: number | undefined;
@@ -133,6 +148,30 @@ export function releaseStorage(data: AnyTypedArray): void {
   registry.unregister(b);
   freeBlock(b);
   residentStats.freedByRelease++;
+}
+
+/**
+ * Returns `data`'s block now if no counted holder has it (storage a caller took with `takeStorage` and
+ * did not hand on). A no-op for ordinary storage or storage some buffer still holds.
+ */
+export function dropStorage(data: AnyTypedArray): void {
+  if (data.byteLength < ARENA_MIN_BYTES) return;
+  const b = blocks.get(data);
+  if (b === undefined || !b.live || b.refs > 0) return;
+  registry.unregister(b);
+  freeBlock(b);
+  residentStats.freedByRelease++;
+}
+
+/**
+ * One counted holder fewer, without returning the block at zero: for a caller that takes the storage
+ * of a buffer it made (`CpuBuffer.takeStorage`) and holds it raw until it wraps it again or drops it
+ * (then the collector returns it).
+ */
+export function disownStorage(data: AnyTypedArray): void {
+  if (data.byteLength < ARENA_MIN_BYTES) return;
+  const b = blocks.get(data);
+  if (b !== undefined && b.live && b.refs > 0) b.refs--;
 }
 
 /**
