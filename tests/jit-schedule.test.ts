@@ -221,6 +221,7 @@ describe("donation in an MLP training step", () => {
         resetJitStats();
         const next = step(p, x, labels);
         expect(lastJitStats(), "the step ran compiled").not.toBeNull();
+        expect(lastJitStats()!.donatedOutputs, "every param is planned into its donated buffer").toBe(order.length);
         order.forEach((k, i) => expect(storage(next[i]!), `${k}'s update is written in place (call ${call})`).toBe(before[i]));
         order.forEach((k, i) => {
           expect((p[i] as WArray).isDisposed, `the donated ${k} is consumed`).toBe(true);

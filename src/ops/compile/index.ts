@@ -79,6 +79,12 @@ export interface JitProgramStats {
    * in place and wrote its ys straight into the stacked ys.
    */
   readonly scanCopies: number;
+  /**
+   * Outputs planned to take a donated input's buffer (`donateArgnums`): each written into the donated
+   * buffer, in place or after the input's last read. A call still writes a fresh buffer when the
+   * donated array turns out to be shared (a live view of it, or passed twice).
+   */
+  readonly donatedOutputs: number;
 }
 
 /** Where an output goes: `handle`'s storage at element `handle.offset + offset` (a target's handle). */
@@ -118,7 +124,7 @@ function targetCopies(t: JitTarget): number | null {
 
 type CompiledSegment =
   | (Segment & { kind: "bind" })
-  | (Segment & { kind: "graph"; exec: TargetSegment; desc: string })
+  | (Segment & { kind: "graph"; exec: TargetSegment; desc: string; donations: number })
   /** A scan whose body is compiled: a loop of the body's kernels, all in the call's command buffer. */
   | { kind: "scan"; eqn: JaxprEqn; body: CompiledProgram }
   /** A while loop whose predicate and body are compiled programs, driven from the host. */
@@ -157,6 +163,7 @@ export class CompiledProgram {
       sources: graphs.flatMap((s) => s.exec.sources),
       plan: graphs.map((s) => s.desc).join("\n--\n"),
       scanCopies: 0,
+      donatedOutputs: graphs.reduce((a, s) => a + s.donations, 0),
     };
   }
 
@@ -541,7 +548,7 @@ function compile(jaxpr: Jaxpr, device: Device, params: JitParams, copts: Compile
       copts.dynamicOffsets && isPlacing(target)
         ? target.prepare(device, plan, mem, donated, { dynamicOffsets: true })
         : target.prepare(device, plan, mem, donated);
-    return { ...s, exec, desc: describePlan(plan) };
+    return { ...s, exec, desc: describePlan(plan), donations: mem.donations.length };
   });
   const program = new CompiledProgram(flat, device, target, compiled, literalInputs, copts.dynamicOffsets === true && isPlacing(target));
   if (debug > 0) {
