@@ -126,10 +126,20 @@ export function planMemory(plan: FusionPlan, bytesPerElement: (d: DType) => numb
  */
 export type InPlaceSafe = (k: Kernel, input: number, out: number) => boolean;
 
+/** The leaves of program `p` that read graph node `input`. */
+export function readsOf(p: Program, input: number): (Leaf & { kind: "buffer" })[] {
+  return p.leaves.filter((l): l is Leaf & { kind: "buffer" } => l.kind === "buffer" && l.node === input);
+}
+
+/** Whether every read of `input` by `p` (over `shape`) is of the element being written (C order). */
+export function readsInPlace(p: Program, input: number, shape: Shape): boolean {
+  return readsOf(p, input).every((l) => sameLayout(l.layout, contiguousLayout(shape)));
+}
+
 /** The strict in-place rule (see `InPlaceSafe`). */
 export const inPlaceSafe: InPlaceSafe = (k, input, out) => {
-  const readsOf = (p: Program) => p.leaves.filter((l): l is Leaf & { kind: "buffer" } => l.kind === "buffer" && l.node === input);
-  const identity = (p: Program, shape: Shape) => readsOf(p).every((l) => sameLayout(l.layout, contiguousLayout(shape)));
+  const reads = (p: Program) => readsOf(p, input);
+  const identity = (p: Program, shape: Shape) => readsInPlace(p, input, shape);
   switch (k.kind) {
     case "map":
       return identity(k.program, k.shape);
@@ -137,9 +147,9 @@ export const inPlaceSafe: InPlaceSafe = (k, input, out) => {
       return k.lhs.node !== input && k.rhs.node !== input && identity(k.epilogue, k.shape);
     case "reduce":
       if (k.rowRoots.includes(out)) {
-        return k.steps.every((s) => readsOf(s.program).length === 0) && readsOf(k.elem).length === 0 && identity(k.row, k.kept);
+        return k.steps.every((s) => reads(s.program).length === 0) && reads(k.elem).length === 0 && identity(k.row, k.kept);
       }
-      return readsOf(k.row).length === 0 && k.steps.every((s) => identity(s.program, k.shape)) && identity(k.elem, k.shape);
+      return reads(k.row).length === 0 && k.steps.every((s) => identity(s.program, k.shape)) && identity(k.elem, k.shape);
     default:
       return false;
   }

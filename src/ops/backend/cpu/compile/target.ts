@@ -26,7 +26,7 @@ import { BackendError } from "../../../../autodiff/errors.js";
 import type { Device } from "../../../array.js";
 import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.js";
 import { applyViewOp, contiguousLayout, sameLayout, type Layout, type ViewOp } from "../../../compile/graph.js";
-import { planDonation, type Donation, type InPlaceSafe, type MemoryPlan } from "../../../compile/memory-plan.js";
+import { planDonation, readsInPlace, readsOf, type Donation, type InPlaceSafe, type MemoryPlan } from "../../../compile/memory-plan.js";
 import { scalarProgramKey } from "../../../compile/scalar-program.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { AnyTypedArray, DotDims, ReduceOp } from "../../kernel.js";
@@ -603,8 +603,7 @@ export class CpuSegment implements TargetSegment {
  * than the strict rule (memory-plan.ts): products and reductions are complete before any store.
  */
 export const cpuInPlaceSafe: InPlaceSafe = (k: Kernel, input: number, out: number): boolean => {
-  const readsOf = (p: Program) => p.leaves.filter((l): l is Leaf & { kind: "buffer" } => l.kind === "buffer" && l.node === input);
-  const identity = (p: Program, shape: Shape) => readsOf(p).every((l) => sameLayout(l.layout, contiguousLayout(shape)));
+  const identity = (p: Program, shape: Shape) => readsInPlace(p, input, shape);
   switch (k.kind) {
     case "map":
       return identity(k.program, k.shape);
@@ -613,7 +612,7 @@ export const cpuInPlaceSafe: InPlaceSafe = (k: Kernel, input: number, out: numbe
       return identity(k.epilogue, k.shape);
     case "reduce":
       // Order: reductions, row program, elementwise program.
-      if (k.rowRoots.includes(out)) return readsOf(k.elem).length === 0 && identity(k.row, k.kept);
+      if (k.rowRoots.includes(out)) return readsOf(k.elem, input).length === 0 && identity(k.row, k.kept);
       return identity(k.elem, k.shape);
     default:
       return false;

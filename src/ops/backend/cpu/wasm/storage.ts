@@ -145,9 +145,7 @@ export function releaseStorage(data: AnyTypedArray): void {
   const b = blocks.get(data);
   if (b === undefined || !b.live) return;
   if (--b.refs > 0) return;
-  registry.unregister(b);
-  freeBlock(b);
-  residentStats.freedByRelease++;
+  returnBlock(b);
 }
 
 /**
@@ -158,6 +156,11 @@ export function dropStorage(data: AnyTypedArray): void {
   if (data.byteLength < ARENA_MIN_BYTES) return;
   const b = blocks.get(data);
   if (b === undefined || !b.live || b.refs > 0) return;
+  returnBlock(b);
+}
+
+/** Returns a block whose last holder let go (the collector need not any more). */
+function returnBlock(b: Block): void {
   registry.unregister(b);
   freeBlock(b);
   residentStats.freedByRelease++;
