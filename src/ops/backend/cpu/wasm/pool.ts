@@ -65,6 +65,8 @@ const SCRATCH_RESERVE = 8 << 20;
 const WORKER_SPIN = 20000;
 /** Moving-average share of a parallel job spent waiting for workers above which parallel jobs pause. */
 const STRAGGLE_LIMIT = 0.2;
+/** Milliseconds a sleeping worker may take to wake up (not counted as straggling). */
+const WAKE_UP_MS = 0.2;
 /** Products run single-threaded after stragglers were detected, before parallel work is tried again. */
 const SUSPEND_JOBS = 200;
 /** Spin iterations of the main thread before it sleeps waiting for workers. */
@@ -114,7 +116,9 @@ export class WasmRuntime {
   /**
    * Straggler detection (the cheap fix for oversubscribed machines): a moving average of the share of
    * a parallel job's time that the main thread spent waiting for workers after it ran out of tasks to
-   * claim. A worker descheduled by other load while it holds a task makes that share large; then
+   * claim, beyond twice its own average task time and a wake-up (what a worker that is running needs to
+   * finish the task it holds). A worker descheduled by other load while it holds a task makes that
+   * share large; then
    * parallel jobs are suspended (products run on the main thread) for SUSPEND_JOBS products, and
    * re-tried after that.
    */
@@ -341,7 +345,8 @@ export class WasmRuntime {
     }
     Atomics.store(c, CTRL_AREADY, 1);
     const t0 = performance.now();
-    if (mainTakesPart || threads < 2 || this.#workers.length === 0) this.#runJob(c, this.ex, 0, this.#kernelFor);
+    let ran = 0;
+    if (mainTakesPart || threads < 2 || this.#workers.length === 0) ran = this.#runJob(c, this.ex, 0, this.#kernelFor);
     const t1 = performance.now();
     for (let i = 0; Atomics.load(c, CTRL_DONE) !== tasks; i++) {
       if (i > MAIN_SPIN) {
@@ -349,12 +354,15 @@ export class WasmRuntime {
         if (done !== tasks) Atomics.wait(c, CTRL_DONE, done, 50);
       }
     }
-    if (adapt && threads > 1 && mainTakesPart && tasks > 1) {
+    if (adapt && threads > 1 && mainTakesPart && tasks > 1 && ran > 0) {
+      // A worker that is running keeps the main thread waiting for at most about one task (the one it
+      // holds when the main thread runs out) plus a wake-up; only the wait beyond that counts.
       const t2 = performance.now();
-      const share = t2 > t0 ? (t2 - t1) / (t2 - t0) : 0;
+      const expected = 2 * ((t1 - t0) / ran) + WAKE_UP_MS;
+      const share = t2 > t0 ? Math.max(0, t2 - t1 - expected) / (t2 - t0) : 0;
       this.#straggle = 0.5 * this.#straggle + 0.5 * share;
       if (this.#straggle > STRAGGLE_LIMIT) {
-        debug("cpu wasm: workers kept the main thread waiting (%d%% of job time); single-threaded for %d products", Math.round(100 * this.#straggle), SUSPEND_JOBS);
+        debug("cpu wasm: workers kept the main thread waiting (%d%% of job time; main ran %d of %d tasks in %s ms, then waited %s ms); single-threaded for %d products", Math.round(100 * this.#straggle), ran, tasks, (t1 - t0).toFixed(2), (t2 - t1).toFixed(2), SUSPEND_JOBS);
         this.#suspended = SUSPEND_JOBS;
       }
     }
