@@ -6,7 +6,7 @@
  *
  * Scans: forward and reverse, several xs and ys, carries that are also ys, length 1 and 0, a matmul
  * body whose carry is a y (a matmul operand in the buffer the step writes), non-contiguous xs. On
- * WebGPU the stats must show no per-step slice copy and no final concatenation (`scanCopies` 0), and
+ * both targets the stats must show no per-step slice copy and no final concatenation (`scanCopies` 0), and
  * the device must have run exactly the dispatches the stats count, in one submit.
  * Whiles: 0, 1 and many iterations, tuple carries, nested in a scan, under vmap (a batched predicate);
  * on WebGPU the compiled loop keeps the interpreter's contract (a device predicate cannot be read
@@ -116,15 +116,12 @@ describe.each(DEVICES)("compiled scan on %s", (dev) => {
         const st = lastJitStats();
         expect(st, "the call was compiled").not.toBeNull();
         expect(st!.boundEqns, "the scan is compiled, not run through bind").toBe(0);
+        // Both targets read xs slices in place and write ys into the stacked result.
+        expect(st!.scanCopies, "no per-step slice copy, no final concatenation").toBe(0);
         if (rt) {
           // Every dispatch the device ran is one the stats count: no hidden slice copies or concatenates.
-          expect(st!.scanCopies, "no per-step slice copy, no final concatenation").toBe(0);
           expect(s1!.dispatches - s0!.dispatches, "dispatches run == dispatches counted").toBe(st!.dispatches);
           expect(s1!.submits - s0!.submits, "one submit").toBe(1);
-        } else {
-          // The CPU target reads xs slices in place too, but has no output placement: one
-          // concatenation per y at the end (none for a single step).
-          expect(st!.scanCopies).toBe(n > 1 ? 3 : 0);
         }
         const want = interpreted(() => leaves(jit(f)(x1, x2)));
         await expectSameArrays(got, want, "compiled vs interpreted");
@@ -208,8 +205,8 @@ describe.each(DEVICES)("compiled scan on %s", (dev) => {
     resetJitStats();
     const got = (jit(f)(xs) as [Value, Value[]]).flat() as WArray[];
     expect(lastJitStats()!.boundEqns).toBe(0);
-    // WebGPU: the inner scan stacks its ys straight into the outer scan's stacked ys.
-    if (dev !== "cpu") expect(lastJitStats()!.scanCopies).toBe(0);
+    // The inner scan stacks its ys straight into the outer scan's stacked ys.
+    expect(lastJitStats()!.scanCopies).toBe(0);
     const runs: number[] = [];
     const tots: number[] = [];
     for (let t = 0; t < L; t++) {
@@ -233,9 +230,8 @@ describe.each(DEVICES)("compiled scan on %s", (dev) => {
     const xs = np.array(data, { shape: [L, W], device: dev });
     resetJitStats();
     const got = (jit(f)(xs) as [Value, Value[]]).flat() as WArray[];
-    // WebGPU: three moved ys per step (the sort's result, and the two body inputs returned as ys);
-    // the CPU concatenates its three ys at the end instead.
-    expect(lastJitStats()!.scanCopies).toBe(dev === "cpu" ? 3 : 3 * L);
+    // Three moved ys per step: the sort's result, and the two body inputs returned as ys.
+    expect(lastJitStats()!.scanCopies).toBe(3 * L);
     const sorted: number[] = [];
     for (let t = 0; t < L; t++) sorted.push(...data.slice(t * W, t * W + W).sort((a, b) => a - b));
     expectNear(await flat(got[0]), [L], "carry");

@@ -94,7 +94,7 @@ export interface OutputPlace {
 }
 
 /**
- * A target that places outputs (the WebGPU target): segments prepared with `dynamicOffsets` read
+ * A target that places outputs (the WebGPU and CPU targets): segments prepared with `dynamicOffsets` read
  * inputs at any offset of their buffer and write outputs where `run`'s `outputs` say. Compiled scans
  * use it to read xs slices in place and write ys into the stacked result.
  */
@@ -379,10 +379,10 @@ function printProfile(prof: JitProfile): void {
 
 /**
  * A scan with a compiled body: `length` iterations of the body's kernels, encoded back to back (no
- * read, no wait between iterations). On a placing target (WebGPU) each step reads its xs slices in
+ * read, no wait between iterations). On a placing target (WebGPU, the CPU) each step reads its xs slices in
  * place (views at the step's offset of the stacked xs) and writes its ys straight into the
  * preallocated stacked ys at the step's offset (reverse scans too): no per-step copy, no final
- * concatenation. Elsewhere the xs slices are views too, and the ys are concatenated at the end.
+ * concatenation. On a target that does not place outputs the ys are concatenated at the end.
  */
 function runScan(p: ScanParams, body: CompiledProgram, ins: readonly Value[], ysPlaces?: readonly (OutputPlace | undefined)[]): Value[] {
   const nc = p.numConsts;

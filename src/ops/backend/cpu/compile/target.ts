@@ -30,7 +30,7 @@ import { planDonation, readsInPlace, readsOf, type Donation, type InPlaceSafe, t
 import { scalarProgramKey } from "../../../compile/scalar-program.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { AnyTypedArray, DotDims, ReduceOp } from "../../kernel.js";
-import { allocate, allocateUninit, contiguousStrides, copyOut, CpuBuffer, isStorageShared } from "../buffer.js";
+import { allocate, allocateUninit, contiguousStrides, copyOut, copyStrided, CpuBuffer, isStorageShared } from "../buffer.js";
 import { cpuBackend, type CpuBackend } from "../index.js";
 import { compileScalarProgram, type FusedKernel, type StridedView } from "../wasm/fused.js";
 import { allocateResidentBytes, dropStorage } from "../wasm/storage.js";
@@ -166,7 +166,21 @@ export interface CpuRunOptions {
   readonly donated?: readonly boolean[];
   /** Called after each kernel with its index (profiling). */
   readonly afterStep?: (i: number) => void;
+  /**
+   * Per graph output: where to write it (a compiled scan's ys go straight into the stacked result).
+   * The output is then a view there; one no kernel writes there is copied (`copies`).
+   */
+  readonly outputs?: readonly (CpuPlace | undefined)[];
 }
+
+/** An output place on the CPU: `handle`'s storage from element `handle.offset + offset`. */
+export interface CpuPlace {
+  readonly handle: CpuBuffer;
+  readonly offset: number;
+}
+
+/** Copies compiled segments made (inputs materialised, outputs moved into their place) since start. */
+const copies = { n: 0 };
 
 export class CpuSegment implements TargetSegment {
   readonly steps: Step[];
@@ -466,7 +480,21 @@ export class CpuSegment implements TargetSegment {
       } else {
         data[node] = copyOut(x);
         this.base[node] = 0;
+        copies.n++;
       }
+    }
+    // Outputs with a place are written there (into a view of the place's storage).
+    const places = opts.outputs;
+    const placed: (AnyTypedArray | null)[] = [];
+    if (places) {
+      g.outputs.forEach((o, j) => {
+        const pl = places[j];
+        placed.push(null);
+        if (!pl || this.outStorage[o]) return;
+        const at = pl.handle.offset + pl.offset;
+        const v = pl.handle.data.subarray(at, at + shapeSize(g.node(o).shape));
+        this.outStorage[o] = placed[j] = v;
+      });
     }
     // Donated inputs whose storage can really be taken over.
     this.lastDonatedWrites = 0;
@@ -486,7 +514,7 @@ export class CpuSegment implements TargetSegment {
           !isStorageShared(d) &&
           !(claimed?.has(d) ?? false) &&
           !inputs.some((y, i) => i !== input && !y.released && y.data === d);
-        if (!ok) continue;
+        if (!ok || this.outStorage[o]) continue;
         (claimed ??= new Set()).add(d);
         this.outStorage[o] = d;
         this.lastDonatedWrites++;
@@ -513,12 +541,26 @@ export class CpuSegment implements TargetSegment {
       if (after) after(step.index);
     }
     const outs: CpuBuffer[] = [];
-    for (const o of g.outputs) {
+    g.outputs.forEach((o, j) => {
       const d = data[o];
       if (!d) throw new BackendError(`jit: output %${o} was not computed`);
       const n = g.node(o);
-      outs.push(new CpuBuffer(d, n.dtype, n.shape));
-    }
+      const pl = places?.[j];
+      if (!pl) {
+        outs.push(new CpuBuffer(d, n.dtype, n.shape));
+        return;
+      }
+      const at = pl.handle.offset + pl.offset;
+      if (d !== placed[j]) {
+        // Not written there (a product without epilogue, a backend-run op, an input passed through,
+        // a node that is several outputs): moved.
+        const size = shapeSize(n.shape);
+        const b = this.base[o]!;
+        pl.handle.data.set(d.subarray(b, b + size) as never, at);
+        copies.n++;
+      }
+      outs.push(pl.handle.view(n.shape, contiguousStrides(n.shape), at));
+    });
     // Drop the references to this call's storage (inputs, outputs) so it can be collected.
     data.fill(null);
     this.outStorage.fill(null);
@@ -621,12 +663,45 @@ export const cpuInPlaceSafe: InPlaceSafe = (k: Kernel, input: number, out: numbe
 
 
 /** The jit compiler's CPU target (registered by `installCpuJitTarget`, ./index.ts). */
-export const cpuJitTarget: JitTarget = {
+/** Output placement (`PlacingTarget` of src/ops/compile/index.ts), beyond the JitTarget interface. */
+interface CpuPlacing {
+  readonly copies: number;
+  allocate(device: Device, shape: readonly number[], dtype: DType): CpuBuffer;
+  placeInto(device: Device, src: unknown, place: { readonly handle: unknown; readonly offset: number }): CpuBuffer | null;
+  viewAt(device: Device, place: { readonly handle: unknown; readonly offset: number }, shape: readonly number[], dtype: DType): CpuBuffer;
+}
+
+/**
+ * The CPU target. It places outputs (src/ops/compile/index.ts, `PlacingTarget`): a compiled scan's
+ * steps read their xs slices as offset views (inputs at any offset are read where they are) and
+ * write their ys into the stacked result.
+ */
+export const cpuJitTarget: JitTarget & CpuPlacing = {
   kind: "cpu",
   bytesPerElement,
   // No binding limit on the CPU; a bound keeps the fused kernels' Wasm chunk area small. No vec4
   // repacking of dot operands: the packed GEMM reads any strided layout into its own panels.
   fusionOptions: (_device: Device) => ({ maxBuffers: 24, repackDots: false, inPlaceSafe: cpuInPlaceSafe }),
-  prepare: (_device, plan, mem, donated) => new CpuSegment(plan, mem, donated),
-  call: (_device, fn) => fn(),
+  // Input offsets are always read at run time here: `dynamicOffsets` needs nothing more.
+  prepare: (_device: Device, plan: FusionPlan, mem: MemoryPlan, donated: readonly boolean[]) => new CpuSegment(plan, mem, donated),
+  call: <T>(_device: Device, fn: () => T): T => fn(),
+  get copies(): number {
+    return copies.n;
+  },
+  allocate: (_device: Device, shape: readonly number[], dtype: DType): CpuBuffer =>
+    new CpuBuffer(allocateUninit(dtype, shapeSize(shape)), dtype, shape),
+  placeInto: (_device: Device, src: unknown, place: { readonly handle: unknown; readonly offset: number }): CpuBuffer | null => {
+    const x = src as CpuBuffer;
+    const h = place.handle as CpuBuffer;
+    const at = h.offset + place.offset;
+    if (x.data === h.data && x.offset === at && x.contiguous) return null;
+    const dst = h.view(x.shape, contiguousStrides(x.shape), at);
+    copyStrided(h.data, at, contiguousStrides(x.shape), x);
+    copies.n++;
+    return dst;
+  },
+  viewAt: (_device: Device, place: { readonly handle: unknown; readonly offset: number }, shape: readonly number[], _dtype: DType): CpuBuffer => {
+    const h = place.handle as CpuBuffer;
+    return h.view(shape, contiguousStrides(shape), h.offset + place.offset);
+  },
 };
