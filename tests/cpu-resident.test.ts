@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
-import { dispose, jit, np, type Array as WArray } from "../src/index.js";
+import { devicePut, dispose, jit, np, type Array as WArray } from "../src/index.js";
 import { cpuBackend as cpu, type CpuBuffer } from "../src/ops/backend/cpu/index.js";
 import { dotGeneralReference } from "../src/ops/backend/cpu/matmul.js";
 import { ALIGN, alignUp, Arena } from "../src/ops/backend/cpu/wasm/arena.js";
@@ -21,6 +21,8 @@ import { getRuntime } from "../src/ops/backend/cpu/wasm/pool.js";
 import {
   ARENA_MIN_BYTES, residentAddress, residentStats, setResidentStorage,
 } from "../src/ops/backend/cpu/wasm/storage.js";
+
+import { device as gpuDevice, noGpu } from "./webgpu/helpers.js";
 
 const ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "..");
 const F32 = "float32" as const;
@@ -393,5 +395,23 @@ describe("resident storage: kernels in place", () => {
     const o = run(false);
     expect(r).toEqual(o);
     expect(r.every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe.skipIf(noGpu)("resident storage: handing arrays to other devices", () => {
+  it("a resident CPU array (contiguous or a transposed view) copies to WebGPU with its values", async () => {
+    const rows = 3;
+    const cols = ARENA_MIN_BYTES / 4; // resident
+    const v = values(rows * cols, 41);
+    const c = np.array(v, { shape: [rows, cols], device: "cpu" });
+    expect(residentAddress((c as unknown as { buffer: CpuBuffer }).buffer.data)).toBeGreaterThan(0);
+    for (const x of [c, np.transpose(c)] as WArray[]) {
+      const g = await devicePut(x, gpuDevice!.id);
+      const got = (await g.data()) as Float32Array;
+      const want = x.dataSync() as Float32Array;
+      expect(want.buffer instanceof SharedArrayBuffer, "host copies are ordinary arrays").toBe(false);
+      expect(got).toEqual(want);
+      dispose([g, x]);
+    }
   });
 });

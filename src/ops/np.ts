@@ -309,6 +309,14 @@ export const onesLike = (x: ArrayLike, opts: { dtype?: DType } = {}): Value => f
 /** `arange(stop)`, `arange(start, stop, step?)`; int32 when all arguments are integers, else float32. */
 export function arange(start: number, stop?: number, step = 1, opts: { dtype?: DType } = {}): Value {
   const [a, b] = stop === undefined ? [0, start] : [start, stop];
+  for (const [what, v] of [["start", start], ["stop", stop ?? 0], ["step", step]] as const) {
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new ArgumentError(
+        `np.arange: a finite number for ${what}, got ${typeof v === "number" ? v : typeof v}` +
+          `\nTip: options go last: np.arange(start, stop, step, { dtype })`,
+      );
+    }
+  }
   if (step === 0) throw new ArgumentError("np.arange: step must not be zero");
   const n = Math.max(0, Math.ceil((b - a) / step));
   const allInt = [a, b, step].every(Number.isInteger);

@@ -308,11 +308,13 @@ export function contiguousData(x: CpuBuffer): AnyTypedArray {
   return copyOut(x);
 }
 
-/** A fresh C-order copy of the elements of `x` (never x's storage). */
+/** A fresh C-order copy of the elements of `x` (never x's storage, never resident). */
 export function copyOut(x: CpuBuffer): AnyTypedArray {
   const data = x.data;
+  // Ordinary storage either way (`slice` of a view of shared memory makes an ordinary array): host
+  // code gets arrays of its own, never views of the Wasm memory.
   if (x.contiguous) return data.slice(x.offset, x.offset + x.size);
-  const out = allocate(x.dtype, x.size);
+  const out = allocateOrdinary(x.dtype, x.size);
   copyStrided(out, 0, contiguousStrides(x.shape), x);
   return out;
 }

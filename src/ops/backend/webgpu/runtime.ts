@@ -363,6 +363,10 @@ export class Runtime {
   upload(b: GPUBuffer, data: ArrayBufferView, offset = 0): void {
     this.check();
     this.beginScopes();
+    // Dawn takes no SharedArrayBuffer (CPU arrays resident in the Wasm memory are views of one).
+    if (typeof SharedArrayBuffer !== "undefined" && data.buffer instanceof SharedArrayBuffer) {
+      data = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+    }
     this.device.queue.writeBuffer(b, offset, data.buffer, data.byteOffset, data.byteLength);
   }
 
