@@ -9,7 +9,8 @@
  *
  * Environment: `WEBGRAD_THREADS` caps the threads (default: all cores), `WEBGRAD_CPU_WASM=0` turns
  * the fast path off, `WEBGRAD_CPU_SHARED=0` forces unshared memory (single-threaded), and
- * `NODE_DEBUG=webgrad` prints why the fast path is unavailable, if it is.
+ * `NODE_DEBUG=webgrad` prints why the fast path is unavailable, if it is. storage.ts keeps large CPU
+ * arrays in the runtime's memory (`WEBGRAD_CPU_ARENA_MB` caps it), arena.ts allocates its blocks.
  */
 export { configureCpuWasm, cpuWasmOptions, wasmGemm, type CpuWasmOptions, type GemmOperand } from "./gemm.js";
 export { setCpuThreads, shutdownCpuWasmPool } from "./pool.js";
@@ -20,6 +21,7 @@ export {
 export { wasmReduceF32, WASM_REDUCE_MIN, type WasmReduceOp } from "./reduce.js";
 import { CTRL_WORKER_TASKS } from "./job-runner.js";
 import { getRuntime } from "./pool.js";
+import { residentStats } from "./storage.js";
 
 /** What the fast path runs on here (creates the runtime if needed; starts no workers). */
 export function cpuWasmInfo(): {
@@ -30,11 +32,17 @@ export function cpuWasmInfo(): {
   workersRunning: number;
   /** Tasks the workers have run since the runtime started (0: everything ran on the main thread). */
   workerTasks: number;
+  /** Resident storage (storage.ts): counters, and the arena's live, peak and reserved bytes. */
+  resident: typeof residentStats & { arenaUsed: number; arenaPeak: number; arenaReserved: number };
 } {
   const rt = getRuntime();
   if (rt === null) {
-    return { available: false, sharedMemory: false, relaxedSimd: false, threads: 1, workersRunning: 0, workerTasks: 0 };
+    return {
+      available: false, sharedMemory: false, relaxedSimd: false, threads: 1, workersRunning: 0, workerTasks: 0,
+      resident: { ...residentStats, arenaUsed: 0, arenaPeak: 0, arenaReserved: 0 },
+    };
   }
+  const a = rt.arena.stats;
   return {
     available: true,
     sharedMemory: rt.shared,
@@ -42,5 +50,6 @@ export function cpuWasmInfo(): {
     threads: rt.threads,
     workersRunning: rt.workerCount,
     workerTasks: Atomics.load(rt.ctrl, CTRL_WORKER_TASKS),
+    resident: { ...residentStats, arenaUsed: a.used, arenaPeak: a.peak, arenaReserved: a.reserved },
   };
 }

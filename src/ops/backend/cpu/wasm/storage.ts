@@ -47,7 +47,7 @@ const registry = new FinalizationRegistry<Block>((b) => {
   residentStats.freedByGc++;
 });
 
-/** Counters of resident storage (for tests, benchmarks and `WEBGRAD_DEBUG`). */
+/** Counters of resident storage (for tests and benchmarks; `cpuWasmInfo().resident`). */
 export const residentStats = {
   /** Arrays placed in the arena. */
   allocated: 0,
