@@ -495,11 +495,11 @@ function tryPlan(
     const n = graph.node(id);
     return n.op.kind === "proj" ? groupOf.get(n.inputs[0]!) : groupOf.get(id);
   };
-  const computeDeps = (): Map<Group, Set<Group>> => {
+  const computeDeps = (reads?: ReadonlyMap<Group, Set<number>>): Map<Group, Set<Group>> => {
     const deps = new Map<Group, Set<Group>>();
     for (const g of groups) {
       const acc = new Set<Group>();
-      for (const r of groupReads(g)) {
+      for (const r of reads?.get(g) ?? groupReads(g)) {
         const h = producer(r);
         if (h && h !== g) acc.add(h);
       }
@@ -579,26 +579,50 @@ function tryPlan(
   // (or that reads the same buffers), when that creates no cycle and stays within the buffer limit.
   if (merge && !fallback) {
     for (let round = 0; round < 1000; round++) {
-      const deps = computeDeps();
+      // Per round (the groups change only by the one merge that ends it): every group's reads, and
+      // what each group reaches through its dependencies, as bitsets over group indices (a depth-first
+      // closure; the plan so far is acyclic). Recomputing a walk per candidate pair made planning the
+      // backward pass of a transformer block cost seconds.
+      const readsOf = new Map<Group, Set<number>>();
+      for (const g of groups) readsOf.set(g, groupReads(g));
+      const deps = computeDeps(readsOf);
+      // Who reads each buffer: a candidate partner shares a read with m or is one m reads from.
+      const readers = new Map<number, Group[]>();
+      for (const g of groups) for (const r of readsOf.get(g)!) (readers.get(r) ?? readers.set(r, []).get(r)!).push(g);
+      const index = new Map<Group, number>();
+      groups.forEach((g, i) => index.set(g, i));
+      const words = Math.ceil(groups.length / 32);
+      const closure = new Map<Group, Uint32Array>();
+      const reachSet = (g: Group): Uint32Array => {
+        let bits = closure.get(g);
+        if (bits) return bits;
+        bits = new Uint32Array(words);
+        closure.set(g, bits); // a cycle (never expected) cannot recurse forever
+        const i = index.get(g)!;
+        bits[i >>> 5]! |= 1 << (i & 31);
+        for (const d of deps.get(g)!) {
+          const db = reachSet(d);
+          for (let w = 0; w < words; w++) bits[w]! |= db[w]!;
+        }
+        return bits;
+      };
+      /** Whether `to` depends on `from`'s result, not counting the direct dependency when skipDirect. */
       const reaches = (from: Group, to: Group, skipDirect: boolean): boolean => {
-        const stack = [...deps.get(from)!].filter((x) => !(skipDirect && x === to));
-        const seen = new Set<Group>(stack);
-        while (stack.length) {
-          const x = stack.pop()!;
-          if (x === to) return true;
-          for (const y of deps.get(x)!) if (!seen.has(y)) {
-            seen.add(y);
-            stack.push(y);
-          }
+        const t = index.get(to)!;
+        for (const d of deps.get(from)!) {
+          if (skipDirect && d === to) continue;
+          if ((reachSet(d)[t >>> 5]! & (1 << (t & 31))) !== 0) return true;
         }
         return false;
       };
       let done = false;
       for (const m of groups) {
         if (m.kind !== "map" && m.kind !== "reduce") continue;
-        const mReads = groupReads(m);
+        const mReads = readsOf.get(m)!;
+        const partners = new Set<Group>(deps.get(m)!);
+        for (const r of mReads) for (const g of readers.get(r)!) partners.add(g);
         for (const p of groups) {
-          if (p === m || p.kind === "opaque") continue;
+          if (p === m || p.kind === "opaque" || !partners.has(p)) continue;
           const shapeOk =
             m.kind === "reduce"
               ? p.kind === "reduce" && shapeEq(m.iter, p.iter) && m.axes.join() === p.axes.join()
@@ -608,9 +632,7 @@ function tryPlan(
           if (!shapeOk) continue;
           // A matmul's operands are read from buffers: their producer cannot run inside its kernel.
           if (p.kind === "dot" && graph.node(p.dot).inputs.some((i) => m.members.has(graph.viewSource(i).src))) continue;
-          const direct = deps.get(m)!.has(p);
-          const pReads = groupReads(p);
-          if (!direct && ![...mReads].some((r) => pReads.has(r))) continue;
+          const pReads = readsOf.get(p)!;
           if (reaches(m, p, true) || reaches(p, m, true)) continue;
           if (donation.known && (spoilsDonation(m, p) || spoilsDonation(p, m))) continue;
           const reads = new Set([...mReads, ...pReads]);
