@@ -185,6 +185,27 @@ export function isUpdate(k: Kernel, x: number, o: number): boolean {
 }
 
 /**
+ * A target's view of planned donations: per kernel, the [input node, output node] pairs it writes in
+ * place; and per output node, the graph input (and its node) whose buffer it takes.
+ */
+export function donationMaps(donations: readonly Donation[]): {
+  inPlace: Map<number, [number, number][]>;
+  aliases: Map<number, { readonly input: number; readonly node: number }>;
+} {
+  const inPlace = new Map<number, [number, number][]>();
+  const aliases = new Map<number, { readonly input: number; readonly node: number }>();
+  for (const d of donations) {
+    if (d.inPlace) {
+      let list = inPlace.get(d.kernel);
+      if (!list) inPlace.set(d.kernel, (list = []));
+      list.push([d.node, d.output]);
+    }
+    aliases.set(d.output, { input: d.input, node: d.node });
+  }
+  return { inPlace, aliases };
+}
+
+/**
  * Pairs donated inputs with outputs of the same dtype and (non-zero) size stored by a generated kernel,
  * greedily in input order then output order, in two passes: first updates (`isUpdate`) written by
  * the kernel making the input's last read (in place), then any output written no earlier than the

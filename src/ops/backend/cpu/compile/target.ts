@@ -26,7 +26,7 @@ import { BackendError } from "../../../../autodiff/errors.js";
 import type { Device } from "../../../array.js";
 import type { FusionPlan, Kernel, Leaf, Program } from "../../../compile/fusion.js";
 import { applyViewOp, contiguousLayout, sameLayout, type Layout, type ViewOp } from "../../../compile/graph.js";
-import { planDonation, readsInPlace, readsOf, type Donation, type InPlaceSafe, type MemoryPlan } from "../../../compile/memory-plan.js";
+import { donationMaps, planDonation, readsInPlace, readsOf, type Donation, type InPlaceSafe, type MemoryPlan } from "../../../compile/memory-plan.js";
 import { scalarProgramKey } from "../../../compile/scalar-program.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { AnyTypedArray, DotDims, ReduceOp } from "../../kernel.js";
@@ -353,16 +353,9 @@ export class CpuSegment implements TargetSegment {
    * position it writes (`cpuInPlaceSafe`). Returns, per kernel, the pairs it writes in place.
    */
   private planDonation(donated: readonly boolean[]): Map<number, [number, number][]> {
-    const inPlace = new Map<number, [number, number][]>();
     this.donations = planDonation(this.plan, this.mem.lastUse, donated, cpuInPlaceSafe);
-    for (const d of this.donations) {
-      if (d.inPlace) {
-        let list = inPlace.get(d.kernel);
-        if (!list) inPlace.set(d.kernel, (list = []));
-        list.push([d.node, d.output]);
-      }
-      this.aliases.set(d.output, { input: d.input, node: d.node });
-    }
+    const { inPlace, aliases } = donationMaps(this.donations);
+    for (const [o, a] of aliases) this.aliases.set(o, a);
     return inPlace;
   }
 

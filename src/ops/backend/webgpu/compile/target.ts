@@ -12,7 +12,7 @@
 import { shapeSize, type DType } from "../../../../autodiff/aval.js";
 import { BackendError } from "../../../../autodiff/errors.js";
 import { describePlan, type FusionPlan } from "../../../compile/fusion.js";
-import { inPlaceSafe, kernelWrites, planDonation } from "../../../compile/memory-plan.js";
+import { donationMaps, inPlaceSafe, kernelWrites, planDonation } from "../../../compile/memory-plan.js";
 import type { JitTarget, SegmentStats, TargetSegment } from "../../../compile/target.js";
 import type { Device } from "../../../array.js";
 import { applyViewOp, type Graph, type ViewOp } from "../../../compile/graph.js";
@@ -181,15 +181,8 @@ export class WebGpuSegment implements TargetSegment {
    * per kernel index (input node -> output node).
    */
   private planDonation(donated: readonly boolean[]): Map<number, [number, number][]> {
-    const inPlace = new Map<number, [number, number][]>();
-    for (const d of planDonation(this.plan, this.mem.lastUse, donated, inPlaceSafe)) {
-      if (d.inPlace) {
-        let list = inPlace.get(d.kernel);
-        if (!list) inPlace.set(d.kernel, (list = []));
-        list.push([d.node, d.output]);
-      }
-      this.aliases.set(d.output, { input: d.input, node: d.node });
-    }
+    const { inPlace, aliases } = donationMaps(planDonation(this.plan, this.mem.lastUse, donated, inPlaceSafe));
+    for (const [o, a] of aliases) this.aliases.set(o, a);
     return inPlace;
   }
 
