@@ -186,6 +186,30 @@ describe("resident storage: lifetime", () => {
     cpu.release(x);
   });
 
+  it("past its budget, a synchronous loop that never disposes gets ordinary storage with the right values", () => {
+    const dir = mkdtempSync(join(tmpdir(), "webgrad-resident-"));
+    const file = join(dir, "child.mts");
+    const src = (p: string): string => JSON.stringify(pathToFileURL(resolve(ROOT, p)).href);
+    writeFileSync(
+      file,
+      `import { np } from ${src("src/index.ts")};\n` +
+        `import { residentStats } from ${src("src/ops/backend/cpu/wasm/storage.ts")};\n` +
+        `const n = 1 << 18; // 1 MiB of float32 per array; the budget is 8 MiB\n` +
+        `const x = np.array(Float32Array.from({ length: n }, (_, i) => i % 1000));\n` +
+        `let bad = 0;\n` +
+        `for (let i = 0; i < 40; i++) { const y = np.add(x, i).dataSync(); if (y[999] !== 999 + i || y[1000] !== i) bad++; }\n` +
+        `console.log(JSON.stringify({ bad, fallbacks: residentStats.fallbacks, live: residentStats.liveBytes }));\n`,
+    );
+    const r = spawnSync(process.execPath, ["--import", "tsx", file], {
+      encoding: "utf8", timeout: 30_000, cwd: ROOT, env: { ...process.env, WEBGRAD_CPU_ARENA_MB: "8" },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as { bad: number; fallbacks: number; live: number };
+    expect(out.bad).toBe(0);
+    expect(out.fallbacks).toBeGreaterThan(0);
+    expect(out.live).toBeLessThanOrEqual(8 * 2 ** 20);
+  });
+
   it("frees what is never disposed once the collector reclaims it (child process with --expose-gc)", () => {
     const dir = mkdtempSync(join(tmpdir(), "webgrad-resident-"));
     const file = join(dir, "child.mts");
