@@ -8,7 +8,7 @@
  * intermediates.
  */
 import { describe, expect, it } from "vitest";
-import { grad, lax, makeJaxpr, nn, np, palm, random, type Value } from "../src/index.js";
+import { grad, jit, lax, makeJaxpr, nn, np, palm, random, type Array as WArray, type Value } from "../src/index.js";
 import { planJaxpr, planMemory } from "../src/ops/compile/index.js";
 import { kernelWrites } from "../src/ops/compile/memory-plan.js";
 
@@ -27,6 +27,28 @@ describe("fusion of known programs", () => {
     const p = plan(f, zeros([8, 16]), zeros([16]), zeros([16, 8], "int32"));
     expect(p.kernels).toBe(1);
     expect(p.byKind.map).toBe(1);
+  });
+
+  it("sin and cos of small angles broadcast into a large kernel are computed once, not per element", () => {
+    // RoPE-like: [seq, d] angles, their sin and cos read by a [batch, seq, d] kernel (32x larger), and
+    // reused by several consumers (the case the rematerialisation would otherwise inline).
+    const f = (x: Value, a: Value) => {
+      const s = np.sin(np.multiply(a, 0.5));
+      const c = np.cos(np.multiply(a, 0.5));
+      return [np.add(np.multiply(x, c), np.multiply(np.flip(x, -1), s)), np.subtract(np.multiply(x, s), c)];
+    };
+    const p = plan(f, zeros([32, 16, 8]), zeros([16, 8]));
+    const big = p.text.split("\n").filter((l) => /^k\d+: map \[32,16,8\]/.test(l));
+    expect(big.length, p.text).toBeGreaterThan(0);
+    // The trigonometric nodes run in kernels over the [16, 8] angles only.
+    const small = p.text.split("\n").filter((l) => /^k\d+: map \[16,8\]/.test(l));
+    expect(small.length, p.text).toBeGreaterThan(0);
+    // And the results equal the unfused arithmetic (eager) exactly: same float32 ops either way.
+    const x = np.array(Float32Array.from({ length: 32 * 16 * 8 }, (_, i) => Math.sin(i)), { shape: [32, 16, 8] });
+    const a = np.array(Float32Array.from({ length: 16 * 8 }, (_, i) => i / 7), { shape: [16, 8] });
+    const got = jit(f)(x, a) as Value[];
+    const want = f(x, a) as Value[];
+    for (let k = 0; k < 2; k++) expect(Array.from((got[k] as WArray).dataSync())).toEqual(Array.from((want[k] as WArray).dataSync()));
   });
 
   it("an MLP forward with bias adds and GELUs: one kernel per matmul (epilogue fused)", () => {

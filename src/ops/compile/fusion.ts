@@ -298,6 +298,12 @@ export function matStrides(l: Layout, groups: [number[], number[], number[]]): [
   return s.some((x) => x === null) ? null : (s as [number, number, number]);
 }
 
+/** Unary functions that cost tens of instructions per element (polynomials, range reduction). */
+const COSTLY_UNARY = new Set<string>(["exp", "log", "tanh", "logistic", "sin", "cos", "erf", "erf_inv", "expm1", "log1p"]);
+/** A costly function is not recomputed in a kernel iterating over this many times its own size. */
+const COSTLY_BROADCAST = 4;
+const costly = (n: GNode): boolean => n.op.kind === "unary" && COSTLY_UNARY.has(n.op.fn);
+
 /**
  * Dot operands must be plain buffers read with [batch, rows, cols] strides; with `repack`, large float
  * products also want columns contiguous and rows 4-aligned (vec4 loads). Otherwise insert
@@ -508,6 +514,9 @@ function tryPlan(
     return deps;
   };
 
+  /** The iteration space of the kernel computing node `u` (its own shape if it has none yet). */
+  const consumerIter = (u: number): readonly number[] => groupOf.get(u)?.iter ?? graph.node(u).shape;
+
   // Rematerialisation: a small elementwise kernel whose one result only feeds other fused kernels is
   // recomputed inside each of them (from its own inputs) instead of being stored and loaded (the
   // residuals of a GELU or a layer norm in a backward pass). One level deep, so work cannot snowball.
@@ -519,6 +528,10 @@ function tryPlan(
       const ms = [...g.members];
       if (!ms.every((m) => isElementwise(graph.node(m)) && graph.node(m).inputs.every((i) => !inlined.has(graph.viewSource(i).src) && !inlined.has(i)))) continue;
       if (groupReads(g).size > 3) continue;
+      // Not when a consumer iterates over a broadcast of it and it evaluates a costly function: the
+      // sin and cos of RoPE's [seq, dim/2] angles would run once per element of a [batch, seq, hidden]
+      // kernel.
+      if (ms.some((m) => costly(graph.node(m))) && sites(r).fuse.some((u) => COSTLY_BROADCAST * shapeSize(g.iter) <= shapeSize(consumerIter(u)))) continue;
       for (const m of ms) {
         inlined.add(m);
         groupOf.delete(m);
