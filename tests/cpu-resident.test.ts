@@ -269,6 +269,42 @@ describe("resident storage: kernels in place", () => {
     );
   });
 
+  it("broadcasting elementwise ops run in place row by row, and equal the arithmetic by hand", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 16, max: 40 }), fc.integer({ min: 32, max: 40 }), fc.constantFrom(16, 32, 64, 66, 68), fc.constantFrom("row", "col", "mid"),
+        (a, b, c, kind) => {
+          const xv = values(a * b * c, a * b + c);
+          const bShape = kind === "row" ? [c] : kind === "col" ? [a, 1, 1] : [1, b, c];
+          const bSize = bShape.reduce((p, q) => p * q, 1);
+          const bv = values(bSize, c + 3);
+          // Large enough to be resident: the bias is sliced out of a larger array.
+          const pad = ARENA_MIN_BYTES / 4;
+          const x = np.array(xv, { shape: [a, b, c] });
+          const bBig = np.array(Float32Array.from([...bv, ...new Float32Array(pad)]));
+          const bias = np.reshape(np.slice(bBig, [0], [bSize]), bShape);
+          const direct = fusedStats.direct;
+          const y = np.add(x, bias) as WArray;
+          const got = y.dataSync() as Float32Array;
+          // Rows of whole vectors go in place; a row of 66 (not whole vectors) is staged.
+          if (c % 4 === 0) expect(fusedStats.direct).toBeGreaterThan(direct);
+          for (let i = 0; i < a; i++) {
+            for (let j = 0; j < b; j++) {
+              for (let k = 0; k < c; k++) {
+                const bb = kind === "row" ? bv[k]! : kind === "col" ? bv[i]! : bv[j * c + k]!;
+                const want = Math.fround(xv[(i * b + j) * c + k]! + bb);
+                const g = got[(i * b + j) * c + k]!;
+                if (g !== want) expect(g).toBe(want);
+              }
+            }
+          }
+          dispose([x, bBig, bias, y]);
+        },
+      ),
+      { numRuns: 24 },
+    );
+  });
+
   it("large in-place kernels run on all threads, the workers included, and still equal the arithmetic by hand", () => {
     const rt = getRuntime()!;
     const size = 3 * 65536 + 7;

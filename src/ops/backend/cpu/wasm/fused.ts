@@ -819,18 +819,23 @@ function runDirect(
   if (size < lanes) return false;
   const cStrides = contiguousStrides(shape);
   const inAddr: number[] = [];
+  /** Per input: its storage's address (row mode), and whether it is read in C order. */
+  const storageAt: number[] = [];
+  let allCOrder = true;
   for (let k = 0; k < views.length; k++) {
     if (scalar[k]) {
       inAddr.push(-1);
+      storageAt.push(-1);
       continue;
     }
     const v = views[k]!;
     const d = v.data;
     if (d === null || dtypes[k] === "bool" || d.BYTES_PER_ELEMENT !== eb || dtypeOfArray(d) !== dtypes[k]) return false;
-    if (!shape.every((n, i) => n === 1 || v.strides[i] === cStrides[i])) return false;
     const at = residentAddress(d);
     if (at < 0) return false;
+    if (!shape.every((n, i) => n === 1 || v.strides[i] === cStrides[i])) allCOrder = false;
     inAddr.push(at + v.offset * eb);
+    storageAt.push(at);
   }
   const outAddr: number[] = [];
   for (let j = 0; j < outs.length; j++) {
@@ -839,12 +844,18 @@ function runDirect(
     const at = residentAddress(o);
     if (at < 0) return false;
     // An output written over an input it would read later at another position (the vectors are read
-    // and written in one pass) must be staged; the same position (an in-place update) is fine.
+    // and written in one pass) must be staged; the same position (an in-place update) is fine. In row
+    // mode any overlap with an input's storage is staged.
     const bytes = size * eb;
-    if (inAddr.some((a) => a >= 0 && a !== at && a < at + bytes && at < a + bytes)) return false;
+    const overlaps = (a: number, span: number): boolean => a < at + bytes && at < a + span;
+    for (let k = 0; k < views.length; k++) {
+      if (scalar[k]) continue;
+      if (allCOrder ? inAddr[k] !== at && overlaps(inAddr[k]!, bytes) : overlaps(storageAt[k]!, views[k]!.data!.byteLength)) return false;
+    }
     outAddr.push(at);
   }
   const rt = getRuntime()!;
+  if (!allCOrder) return runRows(rt, k, lanes, shape, views, dtypes, scalar, storageAt, outAddr);
   const nScalar = scalar.filter((x) => x).length;
   const base = nScalar > 0 ? rt.scratch(16 * nScalar) : 0;
   if (base < 0) return false;
@@ -871,6 +882,65 @@ function runDirect(
   const tailViews = views.map((v, k) => ({ data: v.data, strides: [scalar[k] ? 0 : 1], offset: scalar[k] ? v.offset : v.offset + done }));
   const tailOuts = outs.map((o) => o.subarray(done));
   return runSimd(k, lanes, [tail], tailViews, dtypes, tailOuts, outDTypes);
+}
+
+/**
+ * `runDirect` for inputs read through broadcasts or other strided views: one kernel call per
+ * innermost row (after `forEachRow` merges what it can), when in every row each input is contiguous
+ * (step 1) or one value (step 0, splatted into a scratch slot per row) and rows are whole vectors.
+ * That holds for the bias of a matmul epilogue ([rows, n] + [n]) and most broadcasting elementwise
+ * ops. Returns false, having written nothing, when the first row shows it does not hold.
+ */
+function runRows(
+  rt: WasmRuntime, k: SimdKernel, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[],
+  scalar: readonly boolean[], storageAt: readonly number[], outAddr: readonly number[],
+): boolean {
+  const eb = 16 / lanes;
+  const nIn = views.length;
+  const base = rt.scratch(16 * nIn);
+  if (base < 0) return false;
+  const buf = rt.memory.buffer;
+  const heaps = dtypes.map((d) => heapFor(buf, d));
+  const fill = (j: number, value: number): number => {
+    const at = base + 16 * j;
+    heaps[j]!.fill(value, at / eb, at / eb + lanes);
+    return at;
+  };
+  const args: number[] = [0];
+  for (let j = 0; j < nIn; j++) {
+    const v = views[j]!;
+    // Values read everywhere: splatted once.
+    if (scalar[j]) args.push(fill(j, v.data![v.offset]!), 0);
+    else args.push(0, 0);
+  }
+  for (const a of outAddr) args.push(a);
+  const strides = [contiguousStrides(shape), ...views.map((v) => v.strides)];
+  const offsets = [0, ...views.map((v) => v.offset)];
+  let state = 0; // 0: unchecked, 1: rows run, -1: not applicable
+  forEachRow(shape, strides, offsets, (n, offs, steps) => {
+    if (state === 0) {
+      let ok = n % lanes === 0 && steps[0] === 1;
+      for (let j = 0; ok && j < nIn; j++) ok = scalar[j]! || steps[j + 1] === 1 || steps[j + 1] === 0;
+      state = ok ? 1 : -1;
+    }
+    if (state < 0) return;
+    args[0] = n / lanes;
+    for (let j = 0; j < nIn; j++) {
+      if (scalar[j]) continue;
+      const o = offs[j + 1]!;
+      if (steps[j + 1] === 1) {
+        args[1 + 2 * j] = storageAt[j]! + o * eb;
+        args[2 + 2 * j] = 16;
+      } else {
+        args[1 + 2 * j] = fill(j, views[j]!.data![o]!);
+        args[2 + 2 * j] = 0;
+      }
+    }
+    for (let q = 0; q < outAddr.length; q++) args[1 + 2 * nIn + q] = outAddr[q]! + offs[0]! * eb;
+    k.fn(...args);
+  });
+  if (state > 0) fusedStats.direct++;
+  return state > 0;
 }
 
 /**
