@@ -15,7 +15,9 @@ import { devicePut, dispose, jit, np, type Array as WArray } from "../src/index.
 import { cpuBackend as cpu, type CpuBuffer } from "../src/ops/backend/cpu/index.js";
 import { dotGeneralReference } from "../src/ops/backend/cpu/matmul.js";
 import { ALIGN, alignUp, Arena } from "../src/ops/backend/cpu/wasm/arena.js";
-import { fusedStats } from "../src/ops/backend/cpu/wasm/fused.js";
+import { allocateUninit } from "../src/ops/backend/cpu/buffer.js";
+import { compileScalarProgram, fusedStats } from "../src/ops/backend/cpu/wasm/fused.js";
+import type { ScalarNode } from "../src/ops/compile/scalar-program.js";
 import { configureCpuWasm, cpuWasmInfo } from "../src/ops/backend/cpu/wasm/index.js";
 import { getRuntime } from "../src/ops/backend/cpu/wasm/pool.js";
 import {
@@ -273,13 +275,15 @@ describe("resident storage: kernels in place", () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 16, max: 40 }), fc.integer({ min: 32, max: 40 }), fc.constantFrom(16, 32, 64, 66, 68), fc.constantFrom("row", "col", "mid"),
-        (a, b, c, kind) => {
+        fc.boolean(),
+        (a, b, c, kind, residentBias) => {
           const xv = values(a * b * c, a * b + c);
           const bShape = kind === "row" ? [c] : kind === "col" ? [a, 1, 1] : [1, b, c];
           const bSize = bShape.reduce((p, q) => p * q, 1);
           const bv = values(bSize, c + 3);
-          // Large enough to be resident: the bias is sliced out of a larger array.
-          const pad = ARENA_MIN_BYTES / 4;
+          // A resident bias is sliced out of a larger array; a small one stays ordinary storage (and is
+          // copied to scratch once by the row mode).
+          const pad = residentBias ? ARENA_MIN_BYTES / 4 : 0;
           const x = np.array(xv, { shape: [a, b, c] });
           const bBig = np.array(Float32Array.from([...bv, ...new Float32Array(pad)]));
           const bias = np.reshape(np.slice(bBig, [0], [bSize]), bShape);
@@ -303,6 +307,43 @@ describe("resident storage: kernels in place", () => {
       ),
       { numRuns: 24 },
     );
+  });
+
+  it("fused kernels reading index views (iota) on resident data equal the arithmetic by hand", () => {
+    // out[i, j] = (j < 5 + i) ? x[i, j] * i : -x[i, j]  with i, j iotas (one constant per row, one counting).
+    const nodes: ScalarNode[] = [
+      { op: "load", input: 0, dtype: F32 }, // 0: x
+      { op: "iota", dim: 0, dtype: "int32" }, // 1: i
+      { op: "iota", dim: 1, dtype: "int32" }, // 2: j
+      { op: "const", value: 5, dtype: "int32" }, // 3
+      { op: "binary", fn: "add", x: 1, y: 3, dtype: "int32" }, // 4: i + 5
+      { op: "binary", fn: "lt", x: 2, y: 4, dtype: "bool" }, // 5: j < i + 5
+      { op: "cast", x: 1, dtype: F32 }, // 6: float(i)
+      { op: "binary", fn: "mul", x: 0, y: 6, dtype: F32 }, // 7: x * i
+      { op: "unary", fn: "neg", x: 0, dtype: F32 }, // 8: -x
+      { op: "select", pred: 5, onTrue: 7, onFalse: 8, dtype: F32 }, // 9
+    ];
+    const rows = 40;
+    const cols = 256;
+    const kernel = compileScalarProgram({ shape: [rows, cols], inputs: [{ dtype: F32 }], nodes, outputs: [9] });
+    const xv = values(rows * cols, 51);
+    const run = (): Float32Array => {
+      const x = cpu.fromHost(xv, { shape: [rows, cols], dtype: F32 });
+      const out = allocateUninit(F32, rows * cols);
+      kernel([x], [rows, cols], [out]);
+      cpu.release(x);
+      return Float32Array.from(out as Float32Array);
+    };
+    const got = run();
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < cols; j++) {
+        const x = xv[i * cols + j]!;
+        const want = j < i + 5 ? Math.fround(x * i) : -x;
+        if (got[i * cols + j] !== want) expect(got[i * cols + j]).toBe(want);
+      }
+    }
+    setResidentStorage(false);
+    expect(run()).toEqual(got);
   });
 
   it("large in-place kernels run on all threads, the workers included, and still equal the arithmetic by hand", () => {

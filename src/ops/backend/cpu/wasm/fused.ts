@@ -830,9 +830,19 @@ function runDirect(
     }
     const v = views[k]!;
     const d = v.data;
-    if (d === null || dtypes[k] === "bool" || d.BYTES_PER_ELEMENT !== eb || dtypeOfArray(d) !== dtypes[k]) return false;
+    // Index views (iota) are staged: writing their values per row measured slower than staging
+    // (a 74-op PaLM backward kernel with three of them: 23-31 ms staged, 34-37 ms by rows).
+    if (dtypes[k] === "bool" || d === null) return false;
+    if (d.BYTES_PER_ELEMENT !== eb || dtypeOfArray(d) !== dtypes[k]) return false;
     const at = residentAddress(d);
-    if (at < 0) return false;
+    if (at < 0) {
+      // Small ordinary storage (below the resident threshold) is copied into scratch (row mode).
+      if (d.byteLength > STAGE_MAX_BYTES) return false;
+      allCOrder = false;
+      inAddr.push(-1);
+      storageAt.push(-1);
+      continue;
+    }
     if (!shape.every((n, i) => n === 1 || v.strides[i] === cStrides[i])) allCOrder = false;
     inAddr.push(at + v.offset * eb);
     storageAt.push(at);
@@ -849,7 +859,7 @@ function runDirect(
     const bytes = size * eb;
     const overlaps = (a: number, span: number): boolean => a < at + bytes && at < a + span;
     for (let k = 0; k < views.length; k++) {
-      if (scalar[k]) continue;
+      if (scalar[k] || storageAt[k]! < 0) continue;
       if (allCOrder ? inAddr[k] !== at && overlaps(inAddr[k]!, bytes) : overlaps(storageAt[k]!, views[k]!.data!.byteLength)) return false;
     }
     outAddr.push(at);
@@ -884,12 +894,16 @@ function runDirect(
   return runSimd(k, lanes, [tail], tailViews, dtypes, tailOuts, outDTypes);
 }
 
+/** Ordinary (not resident) input storage up to this size is copied into scratch for row mode. */
+const STAGE_MAX_BYTES = 256 * 1024;
+
 /**
  * `runDirect` for inputs read through broadcasts or other strided views: one kernel call per
  * innermost row (after `forEachRow` merges what it can), when in every row each input is contiguous
  * (step 1) or one value (step 0, splatted into a scratch slot per row) and rows are whole vectors.
  * That holds for the bias of a matmul epilogue ([rows, n] + [n]) and most broadcasting elementwise
- * ops. Returns false, having written nothing, when the first row shows it does not hold.
+ * ops. Small ordinary inputs (a [seq, dim] table) are copied to scratch once. Returns false, having written nothing, when the first row shows it
+ * does not hold.
  */
 function runRows(
   rt: WasmRuntime, k: SimdKernel, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[],
@@ -897,43 +911,61 @@ function runRows(
 ): boolean {
   const eb = 16 / lanes;
   const nIn = views.length;
-  const base = rt.scratch(16 * nIn);
-  if (base < 0) return false;
-  const buf = rt.memory.buffer;
-  const heaps = dtypes.map((d) => heapFor(buf, d));
-  const fill = (j: number, value: number): number => {
-    const at = base + 16 * j;
-    heaps[j]!.fill(value, at / eb, at / eb + lanes);
-    return at;
+  const value = (j: number, o: number): number => {
+    const d = views[j]!.data;
+    return d === null ? indexValue(o, dtypes[j]!) : d[o]!; // an index view is only ever a scalar here
   };
   const args: number[] = [0];
-  for (let j = 0; j < nIn; j++) {
-    const v = views[j]!;
-    // Values read everywhere: splatted once.
-    if (scalar[j]) args.push(fill(j, v.data![v.offset]!), 0);
-    else args.push(0, 0);
-  }
+  for (let j = 0; j < nIn; j++) args.push(0, 0);
   for (const a of outAddr) args.push(a);
   const strides = [contiguousStrides(shape), ...views.map((v) => v.strides)];
   const offsets = [0, ...views.map((v) => v.offset)];
   let state = 0; // 0: unchecked, 1: rows run, -1: not applicable
+  let base = 0;
+  let heaps: AnyTypedArray[] = [];
+  /** Scratch: a 16-byte splat slot per input, then copies of small ordinary inputs. */
+  /** Where small ordinary inputs were copied (their storage's element 0). */
+  const stagedAt: number[] = [];
+  const splat = (j: number, v: number): number => {
+    const at = base + 16 * j;
+    heaps[j]!.fill(v, at / eb, at / eb + lanes);
+    return at;
+  };
   forEachRow(shape, strides, offsets, (n, offs, steps) => {
     if (state === 0) {
       let ok = n % lanes === 0 && steps[0] === 1;
       for (let j = 0; ok && j < nIn; j++) ok = scalar[j]! || steps[j + 1] === 1 || steps[j + 1] === 0;
-      state = ok ? 1 : -1;
+      let bytes = 16 * nIn;
+      const staged: [number, number][] = []; // [input, byte offset in scratch]
+      for (let j = 0; j < nIn; j++) {
+        if (!scalar[j] && storageAt[j]! < 0) {
+          staged.push([j, bytes]);
+          bytes += Math.ceil(views[j]!.data!.byteLength / 16) * 16;
+        }
+      }
+      base = ok ? rt.scratch(bytes) : -1;
+      state = base >= 0 ? 1 : -1;
+      if (state < 0) return;
+      const buf = rt.memory.buffer;
+      heaps = dtypes.map((d) => heapFor(buf, d));
+      for (const [j, off] of staged) {
+        heaps[j]!.set(views[j]!.data! as never, (base + off) / eb);
+        stagedAt[j] = base + off;
+      }
+      // Values read everywhere: splatted once.
+      for (let j = 0; j < nIn; j++) if (scalar[j]) args[1 + 2 * j] = splat(j, value(j, views[j]!.offset));
     }
     if (state < 0) return;
     args[0] = n / lanes;
     for (let j = 0; j < nIn; j++) {
       if (scalar[j]) continue;
       const o = offs[j + 1]!;
-      if (steps[j + 1] === 1) {
-        args[1 + 2 * j] = storageAt[j]! + o * eb;
-        args[2 + 2 * j] = 16;
-      } else {
-        args[1 + 2 * j] = fill(j, views[j]!.data![o]!);
+      if (steps[j + 1] === 0) {
+        args[1 + 2 * j] = splat(j, value(j, o));
         args[2 + 2 * j] = 0;
+      } else {
+        args[1 + 2 * j] = (storageAt[j]! >= 0 ? storageAt[j]! : stagedAt[j]!) + o * eb;
+        args[2 + 2 * j] = 16;
       }
     }
     for (let q = 0; q < outAddr.length; q++) args[1 + 2 * nIn + q] = outAddr[q]! + offs[0]! * eb;
