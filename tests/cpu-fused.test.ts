@@ -252,6 +252,10 @@ describe("fused elementwise kernels: random programs against the eager kernels",
     if (cpuWasmInfo().available) expect(fusedStats.wasm - before.wasm).toBeGreaterThan(100);
   });
 
+  it("a float -> int32 -> float cast chain gives +0, never -0, for values in (-1, 0) (a seed that once failed)", () => {
+    checkProgram(265234825, true, true, ["js", "wasm"]);
+  });
+
   it("programs with float64 and every float op: the JavaScript path is bit-identical", () => {
     fc.assert(fc.property(fc.integer(), (seed) => checkProgram(seed, true, true, ["js"])), { numRuns: 300 });
   });

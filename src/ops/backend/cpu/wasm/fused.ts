@@ -311,7 +311,8 @@ const HELPERS = {
   shlInt: (a: number, b: number): number => (b >>> 0 >= 32 ? 0 : a << b),
   shrInt32: (a: number, b: number): number => (b >>> 0 >= 32 ? a >> 31 : a >> b),
   shrUint32: (a: number, b: number): number => (b >>> 0 >= 32 ? 0 : a >>> b),
-  f2i: (v: number): number => (v !== v ? 0 : v <= INT32_MIN ? INT32_MIN : v >= INT32_MAX ? INT32_MAX : Math.trunc(v)),
+  // `| 0`: an int32 has no -0 (Math.trunc(-0.5) is -0, which a later cast to float would keep).
+  f2i: (v: number): number => (v !== v ? 0 : v <= INT32_MIN ? INT32_MIN : v >= INT32_MAX ? INT32_MAX : Math.trunc(v) | 0),
   f2u: (v: number): number => (v !== v || v <= 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX : Math.trunc(v)),
   f32: new Float32Array(scratch),
   i32: new Int32Array(scratch),
