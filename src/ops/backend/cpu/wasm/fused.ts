@@ -820,7 +820,7 @@ function runDirect(
   if (size < lanes) return false;
   const cStrides = contiguousStrides(shape);
   const inAddr: number[] = [];
-  /** Per input: its storage's address (row mode), and whether it is read in C order. */
+  /** Per input: the byte address of its storage's element 0 (-1: a scalar, or copied in row mode). */
   const storageAt: number[] = [];
   let allCOrder = true;
   for (let k = 0; k < views.length; k++) {
@@ -903,8 +903,8 @@ const STAGE_MAX_BYTES = 256 * 1024;
  * innermost row (after `forEachRow` merges what it can), when in every row each input is contiguous
  * (step 1) or one value (step 0, splatted into a scratch slot per row) and rows are whole vectors.
  * That holds for the bias of a matmul epilogue ([rows, n] + [n]) and most broadcasting elementwise
- * ops. Small ordinary inputs (a [seq, dim] table) are copied to scratch once. Returns false, having written nothing, when the first row shows it
- * does not hold.
+ * ops. Small ordinary inputs (a [seq, dim] table) are copied to scratch once. Returns false, having
+ * written nothing, when the first row shows it does not hold.
  */
 function runRows(
   rt: WasmRuntime, k: SimdKernel, lanes: number, shape: Shape, views: readonly StridedView[], dtypes: readonly DType[],
