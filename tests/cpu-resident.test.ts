@@ -31,6 +31,20 @@ const F32 = "float32" as const;
 
 afterEach(() => setResidentStorage(true));
 
+/** A repository file's URL, quoted, for a child script's imports. */
+const src = (p: string): string => JSON.stringify(pathToFileURL(resolve(ROOT, p)).href);
+
+/** Runs `body` as a fresh Node process (with tsx); returns the JSON its last output line holds. */
+function child<T>(body: string, flags: readonly string[], env: Record<string, string> = {}): T {
+  const file = join(mkdtempSync(join(tmpdir(), "webgrad-resident-")), "child.mts");
+  writeFileSync(file, body);
+  const r = spawnSync(process.execPath, [...flags, "--import", "tsx", file], {
+    encoding: "utf8", timeout: 30_000, cwd: ROOT, env: { ...process.env, ...env },
+  });
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout.trim().split("\n").pop()!) as T;
+}
+
 /** A deterministic float32 array of `n` values in [-1, 1). */
 function values(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
@@ -189,11 +203,7 @@ describe("resident storage: lifetime", () => {
   });
 
   it("past its budget, a synchronous loop that never disposes gets ordinary storage with the right values", () => {
-    const dir = mkdtempSync(join(tmpdir(), "webgrad-resident-"));
-    const file = join(dir, "child.mts");
-    const src = (p: string): string => JSON.stringify(pathToFileURL(resolve(ROOT, p)).href);
-    writeFileSync(
-      file,
+    const out = child<{ bad: number; fallbacks: number; live: number }>(
       `import { np } from ${src("src/index.ts")};\n` +
         `import { residentStats } from ${src("src/ops/backend/cpu/wasm/storage.ts")};\n` +
         `const n = 1 << 18; // 1 MiB of float32 per array; the budget is 8 MiB\n` +
@@ -201,33 +211,24 @@ describe("resident storage: lifetime", () => {
         `let bad = 0;\n` +
         `for (let i = 0; i < 40; i++) { const y = np.add(x, i).dataSync(); if (y[999] !== 999 + i || y[1000] !== i) bad++; }\n` +
         `console.log(JSON.stringify({ bad, fallbacks: residentStats.fallbacks, live: residentStats.liveBytes }));\n`,
+      [],
+      { WEBGRAD_CPU_ARENA_MB: "8" },
     );
-    const r = spawnSync(process.execPath, ["--import", "tsx", file], {
-      encoding: "utf8", timeout: 30_000, cwd: ROOT, env: { ...process.env, WEBGRAD_CPU_ARENA_MB: "8" },
-    });
-    expect(r.status, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as { bad: number; fallbacks: number; live: number };
     expect(out.bad).toBe(0);
     expect(out.fallbacks).toBeGreaterThan(0);
     expect(out.live).toBeLessThanOrEqual(8 * 2 ** 20);
   });
 
   it("frees what is never disposed once the collector reclaims it (child process with --expose-gc)", () => {
-    const dir = mkdtempSync(join(tmpdir(), "webgrad-resident-"));
-    const file = join(dir, "child.mts");
-    const src = (p: string): string => JSON.stringify(pathToFileURL(resolve(ROOT, p)).href);
-    writeFileSync(
-      file,
+    const out = child<{ live: number; after: number; gc: number }>(
       `import { cpuBackend as cpu } from ${src("src/ops/backend/cpu/index.ts")};\n` +
         `import { residentStats } from ${src("src/ops/backend/cpu/wasm/storage.ts")};\n` +
         `for (let i = 0; i < 20; i++) cpu.fromHost(new Float32Array(1 << 16), { shape: [1 << 16], dtype: "float32" });\n` +
         `const live = residentStats.liveBytes;\n` +
         `for (let i = 0; i < 5 && residentStats.freedByGc < 20; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)); }\n` +
         `console.log(JSON.stringify({ live, after: residentStats.liveBytes, gc: residentStats.freedByGc }));\n`,
+      ["--expose-gc"],
     );
-    const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", file], { encoding: "utf8", timeout: 30_000, cwd: ROOT });
-    expect(r.status, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as { live: number; after: number; gc: number };
     expect(out.live).toBe(20 * 4 * (1 << 16));
     expect(out.gc).toBe(20);
     expect(out.after).toBe(0);
