@@ -12,7 +12,7 @@
  * rigorous (a correct kernel cannot exceed it) and far below the error of any wrong element.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -388,6 +388,42 @@ console.log(JSON.stringify({ ok: c[0] === s, info: cpuWasmInfo() }));
     expect(line.ok).toBe(true);
     expect(line.info.workersRunning).toBe(1);
     expect(r.ms).toBeLessThan(25_000);
+  });
+
+  // C = A·B with K = 2, by hand: every entry is -(1 + 2^-11)·1 + (1 + 2^-12)·(1 + 2^-12) = 2^-24 exactly.
+  // A separate multiply rounds (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24 to float32 (a tie, to even: 1 + 2^-11),
+  // and the sum is 0; a fused multiply-add (k = 1 after k = 0) keeps the 2^-24. 64 x 64 x 2 is above the
+  // Wasm path's threshold (4096 multiply-adds).
+  const fmaScript = `
+const n = 64, u = 2 ** -11, v = 2 ** -12;
+const a = new Float32Array(n * 2).map((_, i) => (i % 2 === 0 ? -(1 + u) : 1 + v));
+const b = new Float32Array(2 * n).map((_, i) => (i < n ? 1 : 1 + v));
+const x = cpu.fromHost(a, { shape: [n, 2], dtype: "float32" });
+const y = cpu.fromHost(b, { shape: [2, n], dtype: "float32" });
+const c = cpu.readSync(cpu.dotGeneral(x, y, { contracting: [[1], [0]], batch: [[], []] }, { shape: [n, n], dtype: "float32" }));
+console.log(JSON.stringify({ values: [...new Set(c)], info: cpuWasmInfo() }));
+`;
+  const cpuHasFma = (): boolean => {
+    try {
+      return process.arch === "x64" && /^flags\s*:.*\bfma\b/m.test(readFileSync("/proc/cpuinfo", "utf8"));
+    } catch {
+      return false;
+    }
+  };
+
+  it("uses the fused multiply-add where the engine has relaxed SIMD (Node 20: turned on at run time); WEBGRAD_RELAXED_SIMD=0 keeps mul + add", () => {
+    const fused = child(fmaScript, {});
+    expect(fused.status, fused.out).toBe(0);
+    const f = JSON.parse(fused.out.trim().split("\n").pop()!) as { values: number[]; info: { relaxedSimd: boolean } };
+    // Node 20's V8 has the feature behind a flag, which the runtime sets; later versions ship it.
+    expect(f.info.relaxedSimd).toBe(true);
+    // relaxed_madd may round once or twice; on x64 with FMA3 V8 emits vfmadd231ps.
+    if (cpuHasFma()) expect(f.values).toEqual([2 ** -24]);
+    else expect([[0], [2 ** -24]]).toContainEqual(f.values);
+
+    const plain = child(fmaScript, { WEBGRAD_RELAXED_SIMD: "0" });
+    expect(plain.status, plain.out).toBe(0);
+    expect(JSON.parse(plain.out.trim().split("\n").pop()!)).toMatchObject({ values: [0], info: { relaxedSimd: false } });
   });
 
   it("falls back to one thread without shared memory, and honours WEBGRAD_THREADS", () => {

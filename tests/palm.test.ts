@@ -179,11 +179,18 @@ describe("PaLM dim 32, depth 2, 4 heads of 8, causal with xPos, against PyTorch 
   const tokens = i32(small.tokens); // [2, 12]
   const inputs = i32(small.tokens.map((r) => r.slice(0, -1))); // [2, 11]: the loss's inputs
   // float64: both sides compute in float64, only summation order differs. float32: the params are rounded
-  // to float32 and everything runs in float32 (eps 1.2e-7), against PyTorch's float64 values.
-  const tolerances = { float64: { rtol: 1e-10, atol: 1e-12 }, float32: { rtol: 1e-4, atol: 1e-5 } } as const;
+  // to float32 and everything runs in float32 (eps 1.2e-7), against PyTorch's float64 values. The
+  // fixture's weights make some gradient entries small differences of large terms, so the float32
+  // gradient's floor is wider: PyTorch's own float32 gradient lies up to 5.8e-5 of each array's largest
+  // entry from its float64 one over this formula at 12 phases (4.8e-6 at the fixture's phase;
+  // scripts/fixtures/calibrate_palm_float32.py). A wrong gradient is off by O(1) of that entry.
+  const tolerances = {
+    float64: { rtol: 1e-10, atol: 1e-12, gradAtol: 1e-12 },
+    float32: { rtol: 1e-4, atol: 1e-5, gradAtol: 1e-4 },
+  } as const;
 
   for (const dtype of ["float64", "float32"] as const) {
-    const { rtol, atol } = tolerances[dtype];
+    const { rtol, atol, gradAtol } = tolerances[dtype];
     const cfg: PalmConfig = { ...small.config, dtype };
 
     it(`${dtype}: logits and loss (rtol ${rtol}, atol ${atol}·max)`, () => {
@@ -194,7 +201,7 @@ describe("PaLM dim 32, depth 2, 4 heads of 8, causal with xPos, against PyTorch 
       expectAllClose("loss", data(palm.loss(params, tokens, { config: cfg })), [small.loss], rtol, 0);
     });
 
-    it(`${dtype}: the gradient of the loss, every entry of every parameter (rtol ${rtol}, atol ${atol}·max per array)`, () => {
+    it(`${dtype}: the gradient of the loss, every entry of every parameter (rtol ${rtol}, atol ${gradAtol}·max per array)`, () => {
       const params = smallParams(dtype);
       const g = grad((p: PalmParams) => palm.loss(p, tokens, { config: cfg }))(params);
       expect(Object.keys(small.grads).sort()).toEqual(small.params.map((p) => p.path).sort());
@@ -203,7 +210,7 @@ describe("PaLM dim 32, depth 2, 4 heads of 8, causal with xPos, against PyTorch 
         const gv = getPath(g, p.path);
         expect([...gv.aval.shape], p.path).toEqual(p.shape);
         expect(gv.aval.dtype).toBe(dtype);
-        expectAllClose(p.path, data(gv), small.grads[p.path]!, rtol, atol);
+        expectAllClose(p.path, data(gv), small.grads[p.path]!, rtol, gradAtol);
       }
     });
   }

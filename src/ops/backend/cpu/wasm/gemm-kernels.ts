@@ -17,10 +17,12 @@
  *   `unroll` times with the offsets folded into the loads' immediates. At the end the tile is stored
  *   into C (or added to it when `accumulate` != 0).
  *
- * Multiply-add is `f32x4.relaxed_madd` when the engine validates it without flags (not Node 20's V8),
- * else `f32x4.mul` + `f32x4.add`; on CPUs with separate add and multiply pipes (AMD Zen) the two are
- * equally fast at 128 bits. Addresses are byte offsets into the imported memory; `zeroAddr` must point
- * at `2 · 8` bytes that stay zero (packing reads padding rows from there).
+ * Multiply-add is `f32x4.relaxed_madd` when the engine validates it (Node 20's V8 only under a flag,
+ * which `enableRelaxedSimd` sets), else `f32x4.mul` + `f32x4.add`. Both reach the same peak on AMD
+ * Zen 4 (two 128-bit FMA pipes, or two multiply and two add pipes), but the separate multiply and add
+ * take 8 more operations per k step than the front end can issue at that rate (see `enableRelaxedSimd`).
+ * Addresses are byte offsets into the imported memory; `zeroAddr` must point at `2 · 8` bytes that stay
+ * zero (packing reads padding rows from there).
  */
 import { Code, ModuleBuilder, type Local } from "./emitter.js";
 import { wasmApi } from "./wasm-api.js";
@@ -373,7 +375,7 @@ export function gemmModuleBytes(o: GemmKernelOptions): Uint8Array {
   return m.build();
 }
 
-/** Whether this engine validates `f32x4.relaxed_madd` without flags (checked once). */
+/** Whether this engine validates `f32x4.relaxed_madd` (checked once, after `enableRelaxedSimd`). */
 let relaxedCache: boolean | undefined;
 export function relaxedSimdAvailable(): boolean {
   if (relaxedCache === undefined) {
@@ -387,4 +389,29 @@ export function relaxedSimdAvailable(): boolean {
     }
   }
   return relaxedCache ?? false;
+}
+
+/**
+ * Makes relaxed SIMD available where the engine has it behind a flag, and returns whether it is
+ * available now. Node 20's V8 (11.3) implements the proposal (on x64 with FMA3, `relaxed_madd` is one
+ * `vfmadd231ps`) but validates it only under `--experimental-wasm-relaxed-simd`; V8 11.4 (Node 22)
+ * ships it. V8 reads that flag when it decodes a module, so setting it at run time through
+ * `v8.setFlagsFromString` takes effect for every module compiled afterwards and changes nothing else.
+ * It is set only when the engine lacks the feature, the caller asks for it (`WEBGRAD_RELAXED_SIMD=0`
+ * opts out in pool.ts), and `setFlags` exists (Node; absent in other engines).
+ *
+ * Why the GEMM wants it: with `f32x4.mul` + `f32x4.add` the micro-kernel issues 22 operations per k
+ * step of a 2 x 16 tile (6 loads, 16 arithmetic), at the front end's limit; with the fused multiply-add
+ * it issues 14, and a 1024^2 product on one thread went from 42 to 50 GFLOP/s on the bench machine
+ * (AMD Zen 4), the in-cache rate of the kernel.
+ */
+export function enableRelaxedSimd(setFlags: ((flags: string) => void) | undefined): boolean {
+  if (relaxedSimdAvailable() || setFlags === undefined) return relaxedSimdAvailable();
+  try {
+    setFlags("--experimental-wasm-relaxed-simd");
+  } catch {
+    return false;
+  }
+  relaxedCache = undefined;
+  return relaxedSimdAvailable();
 }

@@ -8,7 +8,8 @@
  * ops (kept for its tests).
  *
  * Environment: `WEBGRAD_THREADS` caps the threads (default: all cores), `WEBGRAD_CPU_WASM=0` turns
- * the fast path off, `WEBGRAD_CPU_SHARED=0` forces unshared memory (single-threaded), and
+ * the fast path off, `WEBGRAD_CPU_SHARED=0` forces unshared memory (single-threaded),
+ * `WEBGRAD_RELAXED_SIMD=0` keeps the GEMM off the fused multiply-add (gemm-kernels.ts), and
  * `NODE_DEBUG=webgrad` prints why the fast path is unavailable, if it is. storage.ts keeps large CPU
  * arrays in the runtime's memory (`WEBGRAD_CPU_ARENA_MB` caps it), arena.ts allocates its blocks.
  */

@@ -25,10 +25,11 @@
  */
 import { availableParallelism } from "node:os";
 import { debuglog } from "node:util";
+import { setFlagsFromString } from "node:v8";
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
 import { wasmApi, type WasmMemory, type WasmModule } from "./wasm-api.js";
 import { Arena } from "./arena.js";
-import { gemmModuleBytes, relaxedSimdAvailable, type GemmExports, type TileShape } from "./gemm-kernels.js";
+import { enableRelaxedSimd, gemmModuleBytes, type GemmExports, type TileShape } from "./gemm-kernels.js";
 import {
   CTRL_AREADY, CTRL_DONE, CTRL_FAILED, CTRL_KIND, CTRL_NTASKS, CTRL_P, CTRL_PACKED, CTRL_QUIT, CTRL_THREADS, CTRL_W,
   CTRL_WORDS, GEN_MASK, JOB_FIELDS, KIND_GEMM, KIND_MAP, mainRunner, MAP_FIELDS, MAP_OPERAND_WORDS, MAX_TASKS,
@@ -46,7 +47,11 @@ export interface Blocking extends TileShape {
 /**
  * Tuned on a 2-core AMD EPYC (Zen 4) under Node 20 (bench/cpu-peers.ts): 2 x 16 tiles (8 v128
  * accumulators, 4 B vectors, 1 broadcast, 1 product: 14 of V8's 15 usable xmm registers), k unrolled 4
- * times; the A block (MC x KC) stays in L2, a B sliver (KC x NR) in L1, the packed B in L3.
+ * times; the A block (MC x KC) stays in L2, a B sliver (KC x NR) in L1, the packed B in L3. With the
+ * fused multiply-add (relaxed SIMD) larger tiles would fit on paper (6 x 8: 12 accumulators, 2 B
+ * vectors, 1 broadcast), but TurboFan hoists all broadcasts of a step and spills: 6 x 8, 5 x 8, 4 x 12,
+ * 3 x 16 measured 20-30 GFLOP/s on one thread against 50 for 2 x 16 (fences after every row or two
+ * did not help), and 4 x 8 or 3 x 12 gained nothing.
  */
 export const F32_BLOCKING: Blocking = { mr: 2, nr: 16, unroll: 4, fenceRows: 0, mc: 128, kc: 256 };
 export const F64_BLOCKING: Blocking = { mr: 2, nr: 8, unroll: 4, fenceRows: 0, mc: 128, kc: 128 };
@@ -155,7 +160,9 @@ export class WasmRuntime {
         initialPages: 2,
         maximumPages: MAX_PAGES,
       });
-    this.relaxed = relaxedSimdAvailable();
+    // Relaxed SIMD (a fused multiply-add in the GEMM) unless WEBGRAD_RELAXED_SIMD=0, which keeps the
+    // separate multiply and add: results then round the same on every machine.
+    this.relaxed = process.env.WEBGRAD_RELAXED_SIMD !== "0" && enableRelaxedSimd(setFlagsFromString);
     let bytes = build(this.relaxed);
     if (this.relaxed && !wa.validate(bytes)) {
       debug("cpu wasm: the relaxed-SIMD GEMM module does not validate; using mul + add");
