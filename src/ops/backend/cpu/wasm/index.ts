@@ -33,6 +33,8 @@ export function cpuWasmInfo(): {
   workersRunning: number;
   /** Tasks the workers have run since the runtime started (0: everything ran on the main thread). */
   workerTasks: number;
+  /** Times parallel jobs paused because workers kept the main thread waiting (straggle.ts). */
+  parallelPauses: number;
   /** Resident storage (storage.ts): counters, and the arena's live, peak and reserved bytes. */
   resident: typeof residentStats & { arenaUsed: number; arenaPeak: number; arenaReserved: number };
 } {
@@ -40,7 +42,7 @@ export function cpuWasmInfo(): {
   if (rt === null) {
     return {
       available: false, sharedMemory: false, relaxedSimd: false, threads: 1, workersRunning: 0, workerTasks: 0,
-      resident: { ...residentStats, arenaUsed: 0, arenaPeak: 0, arenaReserved: 0 },
+      parallelPauses: 0, resident: { ...residentStats, arenaUsed: 0, arenaPeak: 0, arenaReserved: 0 },
     };
   }
   const a = rt.arena.stats;
@@ -51,6 +53,7 @@ export function cpuWasmInfo(): {
     threads: rt.threads,
     workersRunning: rt.workerCount,
     workerTasks: Atomics.load(rt.ctrl, CTRL_WORKER_TASKS),
+    parallelPauses: rt.straggle.pauses,
     resident: { ...residentStats, arenaUsed: a.used, arenaPeak: a.peak, arenaReserved: a.reserved },
   };
 }

@@ -19,9 +19,8 @@
  *
  * On an oversubscribed machine (other processes busy on the cores) a worker can be descheduled while
  * it holds a task and the main thread then waits for it. The runtime notices (the share of job time
- * the main thread waits, as a moving average) and runs products single-threaded for a while when it
- * is large (`threadsFor`); measured under 2 busy processes on 2 cores at 256x512x512: 2 threads
- * 10 GFLOP/s, 1 thread 11-15, adaptive 25-28; idle, the wait share averages 1.6% and nothing changes.
+ * the main thread waits, as a moving average) and runs jobs on one thread for a while when it is large
+ * (`threadsFor`, straggle.ts: a pause of 100 ms that doubles while the waits go on, up to 2 s).
  */
 import { availableParallelism } from "node:os";
 import { debuglog } from "node:util";
@@ -29,6 +28,7 @@ import { setFlagsFromString } from "node:v8";
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
 import { wasmApi, type WasmMemory, type WasmModule } from "./wasm-api.js";
 import { Arena } from "./arena.js";
+import { StraggleGuard } from "./straggle.js";
 import { enableRelaxedSimd, gemmModuleBytes, type GemmExports, type TileShape } from "./gemm-kernels.js";
 import {
   CTRL_AREADY, CTRL_DONE, CTRL_FAILED, CTRL_KIND, CTRL_NTASKS, CTRL_P, CTRL_PACKED, CTRL_QUIT, CTRL_THREADS, CTRL_W,
@@ -68,12 +68,6 @@ export const MAX_THREADS = 64;
 const SCRATCH_RESERVE = 8 << 20;
 /** Spin iterations of an idle worker before it sleeps (a few tens of microseconds). */
 const WORKER_SPIN = 20000;
-/** Moving-average share of a parallel job spent waiting for workers above which parallel jobs pause. */
-const STRAGGLE_LIMIT = 0.2;
-/** Milliseconds a sleeping worker may take to wake up (not counted as straggling). */
-const WAKE_UP_MS = 0.2;
-/** Products run single-threaded after stragglers were detected, before parallel work is tried again. */
-const SUSPEND_JOBS = 200;
 /** Spin iterations of the main thread before it sleeps waiting for workers. */
 const MAIN_SPIN = 100000;
 
@@ -118,17 +112,8 @@ export class WasmRuntime {
   #mapKernels: { module: WasmModule; fn: (...args: number[]) => void }[] = [];
   readonly #kernelFor = (id: number): unknown => this.#mapKernels[id]?.fn;
   #closed = false;
-  /**
-   * Straggler detection (the cheap fix for oversubscribed machines): a moving average of the share of
-   * a parallel job's time that the main thread spent waiting for workers after it ran out of tasks to
-   * claim, beyond twice its own average task time and a wake-up (what a worker that is running needs to
-   * finish the task it holds). A worker descheduled by other load while it holds a task makes that
-   * share large; then
-   * parallel jobs are suspended (products run on the main thread) for SUSPEND_JOBS products, and
-   * re-tried after that.
-   */
-  #straggle = 0;
-  #suspended = 0;
+  /** Pauses parallel jobs while workers keep the main thread waiting (an oversubscribed machine). */
+  readonly #straggle = new StraggleGuard();
   /** Blocks of the memory above the scratch reserve (CPU arrays, large scratch). */
   readonly arena: Arena;
   /** The arena block serving as scratch when a job needs more than the reserve (-1: none). */
@@ -214,22 +199,16 @@ export class WasmRuntime {
   }
 
   /**
-   * Threads to use for a product that could run on `threads`: 1 while parallel work is suspended
-   * because workers kept the main thread waiting (see `#straggle`).
+   * Threads to use for a job that could run on `threads`: 1 while parallel jobs are paused because
+   * workers kept the main thread waiting (straggle.ts).
    */
   threadsFor(threads: number): number {
-    if (threads <= 1) return 1;
-    if (this.#suspended > 0) {
-      this.#suspended--;
-      if (this.#suspended === 0) this.#straggle = STRAGGLE_LIMIT / 2;
-      return 1;
-    }
-    return threads;
+    return threads > 1 && this.#straggle.paused ? 1 : threads;
   }
 
-  /** Whether parallel products are currently suspended (a statistic for tests and benchmarks). */
-  get parallelSuspended(): boolean {
-    return this.#suspended > 0;
+  /** Whether parallel jobs are paused now, and how many pauses there were (statistics). */
+  get straggle(): { paused: boolean; pauses: number } {
+    return { paused: this.#straggle.paused, pauses: this.#straggle.pauses };
   }
 
   /** Grows the memory to at least `bytes`; false when that exceeds the maximum. */
@@ -362,15 +341,10 @@ export class WasmRuntime {
       }
     }
     if (adapt && threads > 1 && mainTakesPart && tasks > 1 && ran > 0) {
-      // A worker that is running keeps the main thread waiting for at most about one task (the one it
-      // holds when the main thread runs out) plus a wake-up; only the wait beyond that counts.
       const t2 = performance.now();
-      const expected = 2 * ((t1 - t0) / ran) + WAKE_UP_MS;
-      const share = t2 > t0 ? Math.max(0, t2 - t1 - expected) / (t2 - t0) : 0;
-      this.#straggle = 0.5 * this.#straggle + 0.5 * share;
-      if (this.#straggle > STRAGGLE_LIMIT) {
-        debug("cpu wasm: workers kept the main thread waiting (%d%% of job time; main ran %d of %d tasks in %s ms, then waited %s ms); single-threaded for %d products", Math.round(100 * this.#straggle), ran, tasks, (t1 - t0).toFixed(2), (t2 - t1).toFixed(2), SUSPEND_JOBS);
-        this.#suspended = SUSPEND_JOBS;
+      const pause = this.#straggle.record(ran, t1 - t0, t2 - t1);
+      if (pause > 0) {
+        debug("cpu wasm: workers kept the main thread waiting (main ran %d of %d tasks in %s ms, then waited %s ms); one thread for %d ms", ran, tasks, (t1 - t0).toFixed(2), (t2 - t1).toFixed(2), pause);
       }
     }
     if (error !== null) throw error;
