@@ -1038,6 +1038,7 @@ function runSimd(
   };
   const strides = [contiguousStrides(shape), ...views.map((v) => v.strides)];
   const offsets = [0, ...views.map((v) => v.offset)];
+  const copy = views.map((v, k) => copierFor(v.data, inHeap[k]!)); // looked up once, not per row
   forEachRow(shape, strides, offsets, (n, offs, steps) => {
     let done = 0;
     while (done < n) {
@@ -1051,18 +1052,20 @@ function runSimd(
         const dst = inAt[k]! + fill;
         if (src === null) {
           // An index view: the offsets themselves (bool: offset != 0, as 0 / 1).
-          const b = dtypes[k] === "bool";
-          for (let i = 0; i < take; i++, a += s) h[dst + i] = b ? +(a !== 0) : a;
+          if (dtypes[k] === "bool") for (let i = 0; i < take; i++, a += s) h[dst + i] = +(a !== 0);
+          else copy[k]!(h, dst, null, a, s, take);
         } else if (s === 1) {
           // Fused pad / concatenate read their operands at shifted positions, partly outside the
           // operand (those lanes are discarded by a select): copy only the part that exists.
           // (`subarray` would count a negative start from the end.)
           const lo = Math.max(a, 0);
           const hi = Math.min(a + take, src.length);
-          if (hi > lo) h.set(src.subarray(lo, hi) as never, dst + (lo - a));
+          // Short runs by a loop: a subarray per row (an allocation) costs more than the copy.
+          if (hi - lo >= SHORT_RUN) h.set(src.subarray(lo, hi) as never, dst + (lo - a));
+          else if (hi > lo) copy[k]!(h, dst + (lo - a), src, lo, 1, hi - lo);
         }
         else if (s === 0) h.fill(src[a]!, dst, dst + take);
-        else for (let i = 0; i < take; i++, a += s) h[dst + i] = src[a]!;
+        else copy[k]!(h, dst, src, a, s, take);
       }
       fill += take;
       done += take;
@@ -1071,6 +1074,30 @@ function runSimd(
   });
   if (fill > 0) flush();
   return true;
+}
+
+/** Staged rows shorter than this are copied element by element (see `runSimd`). */
+const SHORT_RUN = 64;
+
+/** Copies `take` elements of `src` from `a` by `s` into `h` from `dst` (src null: the offsets themselves). */
+type Copier = (h: AnyTypedArray, dst: number, src: AnyTypedArray | null, a: number, s: number, take: number) => void;
+const copiers = new Map<string, Copier>();
+
+/**
+ * The element-by-element copy for these array types. Each pair gets its own function (made with
+ * `new Function`, so V8 keeps separate type feedback): one loop shared by every type pair had
+ * megamorphic element accesses, and staging took a fifth of the main job's time at about 20 ns per
+ * element.
+ */
+function copierFor(src: AnyTypedArray | null, h: AnyTypedArray): Copier {
+  const key = `${src === null ? "index" : src.constructor.name}>${h.constructor.name}`;
+  let c = copiers.get(key);
+  if (c === undefined) {
+    const read = src === null ? "a" : "src[a]";
+    c = new Function(`return function copy_${key.replace(">", "_")}(h, dst, src, a, s, take) {\n  for (let i = 0; i < take; i++, a += s) h[dst + i] = ${read};\n};`)() as Copier;
+    copiers.set(key, c);
+  }
+  return c;
 }
 
 /**
