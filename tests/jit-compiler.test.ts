@@ -51,6 +51,27 @@ describe("fusion of known programs", () => {
     for (let k = 0; k < 2; k++) expect(Array.from((got[k] as WArray).dataSync())).toEqual(Array.from((want[k] as WArray).dataSync()));
   });
 
+  it("a costly function of a scalar read by a large kernel (Adam's b^t) is computed once, in its own kernel", () => {
+    // Adam's bias corrections: m / (1 - b1^t) with t the step count. Fused into the [64, 64] kernel,
+    // pow (and exp) would run once per element (and keep that kernel off the Wasm SIMD path: pow has no
+    // SIMD form); computed once, they cost one scalar kernel.
+    const f = (m: Value, v: Value, t: Value) => {
+      const mHat = np.divide(m, np.subtract(1, np.power(np.full([], 0.9), t)));
+      const vHat = np.divide(v, np.subtract(1, np.exp(np.multiply(t, -0.001))));
+      return np.divide(mHat, np.add(np.sqrt(vHat), 1e-8));
+    };
+    const p = plan(f, zeros([64, 64]), zeros([64, 64]), zeros([]));
+    const lines = p.text.split("\n");
+    expect(lines.filter((l) => /^k\d+: map \[64,64\]/.test(l)).length, p.text).toBe(1);
+    expect(lines.filter((l) => /^k\d+: map \[\]/.test(l)).length, p.text).toBe(1);
+    expect(p.kernels, p.text).toBe(2);
+    // The same float32 operations as eagerly, so the same bits.
+    const m = np.array(Float32Array.from({ length: 64 * 64 }, (_, i) => Math.sin(i)), { shape: [64, 64] });
+    const v = np.array(Float32Array.from({ length: 64 * 64 }, (_, i) => 1 + Math.cos(i)), { shape: [64, 64] });
+    const t = np.array(7);
+    expect(Array.from((jit(f)(m, v, t) as WArray).dataSync())).toEqual(Array.from((f(m, v, t) as WArray).dataSync()));
+  });
+
   it("an MLP forward with bias adds and GELUs: one kernel per matmul (epilogue fused)", () => {
     const mlp = (x: Value, w1: Value, b1: Value, w2: Value, b2: Value, w3: Value, b3: Value) => {
       const h1 = nn.gelu(np.add(np.matmul(x, w1), b1));

@@ -298,11 +298,13 @@ export function matStrides(l: Layout, groups: [number[], number[], number[]]): [
   return s.some((x) => x === null) ? null : (s as [number, number, number]);
 }
 
-/** Unary functions that cost tens of instructions per element (polynomials, range reduction). */
+/** Functions that cost tens of instructions per element (polynomials, range reduction). */
 const COSTLY_UNARY = new Set<string>(["exp", "log", "tanh", "logistic", "sin", "cos", "erf", "erf_inv", "expm1", "log1p"]);
+const COSTLY_BINARY = new Set<string>(["pow", "atan2"]);
 /** A costly function is not recomputed in a kernel iterating over this many times its own size. */
 const COSTLY_BROADCAST = 4;
-const costly = (n: GNode): boolean => n.op.kind === "unary" && COSTLY_UNARY.has(n.op.fn);
+const costly = (n: GNode): boolean =>
+  (n.op.kind === "unary" && COSTLY_UNARY.has(n.op.fn)) || (n.op.kind === "binary" && COSTLY_BINARY.has(n.op.fn));
 
 /**
  * Dot operands must be plain buffers read with [batch, rows, cols] strides; with `repack`, large float
@@ -456,6 +458,9 @@ function tryPlan(
     return true;
   };
 
+  /** The iteration space of the kernel computing node `u` (its own shape if it has none yet). */
+  const consumerIter = (u: number): readonly number[] => groupOf.get(u)?.iter ?? graph.node(u).shape;
+
   for (let i = order.length - 1; i >= 0; i--) {
     const n = graph.node(order[i]!);
     const k = n.op.kind;
@@ -467,7 +472,10 @@ function tryPlan(
     const { fuse, mat } = sites(n.id);
     const isOut = outputs.has(n.id);
     const gs = new Set(fuse.map((u) => groupOf.get(u)!).filter((x) => x !== undefined));
-    const materialize = mat || forced.has(n.id) || fallback;
+    // A costly function is computed once where its consumers would repeat it per element of a
+    // broadcast (Adam's bias correction b1^t, a scalar, inside the [params] update kernel).
+    const spread = costly(n) && fuse.some((u) => COSTLY_BROADCAST * shapeSize(n.shape) <= shapeSize(consumerIter(u)));
+    const materialize = mat || forced.has(n.id) || fallback || spread;
     if (!materialize && gs.size === 1 && tryJoin(n, [...gs][0]!, isOut)) continue;
     if (!materialize && !isOut && gs.size > 1 && isElementwise(n) && leafOnly(n.id)) {
       inlined.add(n.id);
@@ -514,8 +522,6 @@ function tryPlan(
     return deps;
   };
 
-  /** The iteration space of the kernel computing node `u` (its own shape if it has none yet). */
-  const consumerIter = (u: number): readonly number[] => groupOf.get(u)?.iter ?? graph.node(u).shape;
 
   // Rematerialisation: a small elementwise kernel whose one result only feeds other fused kernels is
   // recomputed inside each of them (from its own inputs) instead of being stored and loaded (the
