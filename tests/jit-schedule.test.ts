@@ -14,6 +14,8 @@
  *   as they are), and with the donation known to the planner no donated input is left without an
  *   output it could take: checked by a search of its own over the plan's data dependencies (and the
  *   orders the other donations need), not by the planner's code.
+ * - Kernels over the buffer limit (WebGPU's binding limit): independent ones are split in the same
+ *   re-plans, so three take as many planning passes as one.
  */
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -368,4 +370,30 @@ describe("random programs with donated inputs (fast-check)", () => {
       fcParams(25),
     );
   }, 60_000);
+});
+
+describe("kernels over the buffer limit", () => {
+  /** The fusion plan of `f` at `args` (one compiled segment) under `opts`. */
+  const planOf = (f: (...a: any[]) => unknown, args: unknown[], opts: FusionOptions): FusionPlan => {
+    const { segments } = buildSegments(flattenJaxpr(makeJaxpr(f)(...args).jaxpr));
+    const graphs = segments.filter((s) => s.kind === "graph");
+    expect(graphs.length).toBe(1);
+    return planFusion(graphs[0]!.graph, opts);
+  };
+  /** tanh of a sum of 10 inputs: one elementwise chain reading 10 buffers. */
+  const wide = (xs: Value[]): Value => np.tanh(xs.reduce((a, b) => np.add(a, b)));
+  const inputs = (n: number) => Array.from({ length: n }, (_, i) => np.full([64], i + 1));
+
+  it("are all split in the same re-plans: k independent wide chains take as many passes as one", () => {
+    const opts: FusionOptions = { ...GPU_OPTS, merge: false };
+    const one = planOf((...xs: Value[]) => wide(xs), inputs(10), opts);
+    expect(one.attempts, describePlan(one)).toBeGreaterThan(1); // it does need splitting at 8 buffers
+    const three = planOf((...xs: Value[]) => [wide(xs.slice(0, 10)), wide(xs.slice(10, 20)), wide(xs.slice(20))], inputs(30), opts);
+    expect(three.attempts, describePlan(three)).toBe(one.attempts);
+    // Every kernel within the limit: its buffers read (materialised nodes) and written, plus one.
+    for (const k of three.kernels) expect(new Set(kernelReads(k)).size + kernelWrites(k).length + 1, describePlan(three)).toBeLessThanOrEqual(8);
+    // And the values are right: each output is tanh(1 + 2 + ... + 10) shifted by the slice.
+    const got = jit((...xs: Value[]) => [wide(xs.slice(0, 10)), wide(xs.slice(10, 20)), wide(xs.slice(20))])(...inputs(30)) as Value[];
+    [55, 155, 255].forEach((sum, i) => expect(Array.from((got[i] as WArray).dataSync())).toEqual(new Array(64).fill(Math.fround(Math.tanh(sum)))));
+  });
 });

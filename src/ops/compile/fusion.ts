@@ -104,6 +104,8 @@ export interface FusionPlan {
   readonly kernels: readonly Kernel[];
   /** Nodes whose values live in buffers: inputs, constants, roots of kernels, opaque results. */
   readonly materialized: ReadonlySet<number>;
+  /** Planning passes it took (1 + the re-plans; a statistic). */
+  readonly attempts: number;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -116,7 +118,8 @@ class Replan extends Error {
       noJoin?: number[];
       fallback?: boolean;
       noMerge?: boolean;
-      force?: number;
+      /** Nodes to materialise (one per kernel over the buffer limit). */
+      force?: number[];
     },
   ) {
     super("replan");
@@ -215,7 +218,7 @@ export function planFusion(graph: Graph, opts: FusionOptions = {}): FusionPlan {
   };
   for (let attempt = 0; ; attempt++) {
     try {
-      return tryPlan(graph, forced, noJoin, fallback, merge, maxBuffers, donation);
+      return { ...tryPlan(graph, forced, noJoin, fallback, merge, maxBuffers, donation), attempts: attempt + 1 };
     } catch (e) {
       if (!(e instanceof Replan) || attempt > 200) throw e;
       const f = e.fix;
@@ -231,7 +234,7 @@ export function planFusion(graph: Graph, opts: FusionOptions = {}): FusionPlan {
         }
       }
       for (const n of f.noJoin ?? []) noJoin.add(n);
-      if (f.force !== undefined) forced.add(f.force);
+      for (const n of f.force ?? []) forced.add(n);
       if (f.fallback) fallback = true;
       if (f.noMerge) merge = false;
     }
@@ -372,7 +375,7 @@ function tryPlan(
   merge: boolean,
   maxBuffers: number,
   donation: DonationOpts,
-): FusionPlan {
+): Omit<FusionPlan, "attempts"> {
   const order = graph.topo();
   const pos = new Map<number, number>();
   order.forEach((id, i) => pos.set(id, i));
@@ -690,8 +693,9 @@ function tryPlan(
   }
   for (const g of live) for (const r of g.roots) materialized.add(r);
 
-  // Kernels that would bind more storage buffers than the adapter allows are split: the member
-  // reading the most buffers is materialised on its own.
+  // Kernels that would bind more storage buffers than the adapter allows are split: in each, the
+  // member reading the most buffers is materialised on its own (all such kernels in one re-plan).
+  const split: number[] = [];
   for (const g of live) {
     if (g.kind === "opaque") continue;
     const reads = groupReads(g);
@@ -709,8 +713,9 @@ function tryPlan(
       }
     }
     if (best < 0) throw new Replan({ fallback: true });
-    throw new Replan({ force: best });
+    split.push(best);
   }
+  if (split.length > 0) throw new Replan({ force: split });
 
   // Order the kernels by their dependencies; a cycle means a bad fusion: plan again more carefully.
   // Depth first from the kernels in program order, each one right after what it reads (short
