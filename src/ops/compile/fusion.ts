@@ -525,7 +525,6 @@ function tryPlan(
     return deps;
   };
 
-
   // Rematerialisation: a small elementwise kernel whose one result only feeds other fused kernels is
   // recomputed inside each of them (from its own inputs) instead of being stored and loaded (the
   // residuals of a GELU or a layer norm in a backward pass). One level deep, so work cannot snowball.
