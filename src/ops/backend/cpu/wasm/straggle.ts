@@ -10,7 +10,7 @@
  *   the main thread runs out) counted as twice the main thread's average task time, plus a wake-up
  *   (`wakeUpMs`). Its share of the job's time goes into a moving average (weight 1/2 per job).
  * - When the average passes `limit`, parallel jobs pause for `backoff` milliseconds. The pause doubles
- *   with every pause that follows within `resetMs` of the previous one (up to `maxBackoffMs`), and
+ *   with every pause that starts within `resetMs` of the previous one's end (up to `maxBackoffMs`), and
  *   starts again from `minBackoffMs` after a quiet stretch. After a pause the average restarts at
  *   `limit / 2`, so one more bad job pauses again at once.
  *
@@ -38,7 +38,7 @@ export interface StraggleOptions {
   /** First pause, and the longest. */
   readonly minBackoffMs: number;
   readonly maxBackoffMs: number;
-  /** A pause this long after the previous one starts from `minBackoffMs` again. */
+  /** A pause starting more than this long after the previous one ended starts from `minBackoffMs` again. */
   readonly resetMs: number;
 }
 
@@ -56,7 +56,7 @@ export class StraggleGuard {
   #average = 0;
   #until = -Infinity;
   #backoff: number;
-  #lastPause = -Infinity;
+  #pauseEnd = -Infinity;
   /** Pauses so far (a statistic). */
   pauses = 0;
 
@@ -88,10 +88,10 @@ export class StraggleGuard {
     this.#average = 0.5 * this.#average + 0.5 * share;
     if (this.#average <= this.#o.limit) return 0;
     const t = this.#now();
-    if (t - this.#lastPause > this.#o.resetMs) this.#backoff = this.#o.minBackoffMs;
+    if (t - this.#pauseEnd > this.#o.resetMs) this.#backoff = this.#o.minBackoffMs;
     const pause = this.#backoff;
     this.#until = t + pause;
-    this.#lastPause = t + pause;
+    this.#pauseEnd = t + pause;
     this.#backoff = Math.min(this.#o.maxBackoffMs, 2 * this.#backoff);
     this.#average = this.#o.limit / 2;
     this.pauses++;
