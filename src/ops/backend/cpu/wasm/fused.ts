@@ -983,7 +983,9 @@ function runRows(
  */
 function runVectors(rt: WasmRuntime, k: SimdKernel, args: number[], nIn: number, nOut: number): boolean {
   const nvec = args[0]!;
-  const threads = nvec >= fusedOptions.parallelMinVectors && rt.shared && rt.threads > 1 && rt.mapFits(nIn, nOut) ? rt.threadsFor(rt.threads) : 1;
+  const parallel = nvec >= fusedOptions.parallelMinVectors && rt.shared && rt.threads > 1 && rt.mapFits(nIn, nOut);
+  // As for products (gemm.ts): paused while workers keep the main thread waiting, unless turned off.
+  const threads = !parallel ? 1 : cpuWasmOptions.adaptiveThreads ? rt.threadsFor(rt.threads) : rt.threads;
   if (threads === 1) {
     k.fn(...args);
     return true;

@@ -40,8 +40,9 @@ export interface CpuWasmOptions {
   /** Whether the main thread runs tasks of parallel products too (false: workers only; for tests). */
   mainTakesPart: boolean;
   /**
-   * Whether parallel products fall back to one thread for a while when workers keep the main thread
-   * waiting (an oversubscribed machine; see `WasmRuntime.threadsFor`). Off: always `threads`.
+   * Whether parallel jobs (products, and fused.ts's elementwise map jobs) fall back to one thread for
+   * a while when workers keep the main thread waiting (an oversubscribed machine; see
+   * `WasmRuntime.threadsFor`). Off: always `threads`.
    */
   adaptiveThreads: boolean;
 }
